@@ -1,0 +1,184 @@
+"""One loader for params.yaml: fills defaults, rejects unknown keys and bad values by name.
+
+Stages call `load_params()` and read only their own sections; dvc.yaml declares the same keys per
+stage so `dvc exp run -S section.key=value` reruns exactly the stages that read that key.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from lvm import LvmError
+
+PARAMS_FILE = "params.yaml"
+
+DEFAULTS: dict = {
+    "data": {
+        "vectors": "data/corpus/vectors.npz",  # the npz every downstream stage reads
+        "context_length": 100,
+        "trust_pickle": False,  # allow object (pickled) keys such as concept_texts in your own npz
+        "stream_block": 2000,  # pseudo-article size when a file has no article_indices
+    },
+    "ingest": {
+        "source": "default",  # "default" = the Wikipedia shard shipped in gensim, or a *.xml.bz2 dump
+        "encoder": "minilm",  # minilm (384-D) | mpnet (768-D)
+        "precision": "bf16",  # encoder weights: bf16 (AMX, cosine>=0.994 to fp32) | fp32
+        "batch_size": 64,
+        "max_words": 15,
+        "min_words": 3,
+        "max_articles": 0,  # 0 = all; small values for smoke tests
+    },
+    "export": {
+        "overlap": 50,
+        "seed": 42,
+        "split": {"train": 0.8, "val": 0.1, "test": 0.1},
+    },
+    "model": {
+        "hidden_dim": 512,
+        "dropout": 0.0,
+        "lstm_layers": 2,
+        "gru_layers": 4,
+        "transformer_layers": 4,
+        "transformer_heads": 8,
+        "transformer_ff": 2048,
+        "amn_hidden": 512,
+        "chunk_size": 10,
+        "hierarchy_layers": 2,
+        "memory_slots": 2048,
+        "memory_layers": 4,
+    },
+    "train": {
+        "seed": 42,
+        "epochs": 20,
+        "batch_size": 32,
+        "lr": 5e-4,
+        "weight_decay": 0.01,
+        "grad_clip": 1.0,
+        "loss": "mse",  # mse | cosine | infonce | mse+infonce | cosine+infonce
+        "infonce_tau": 0.07,
+        "infonce_weight": 0.05,  # weight of the InfoNCE term in a mixture
+        "lr_patience": 3,
+        "lr_factor": 0.5,
+        "device": "auto",  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+        "precision": "fp32",  # fp32 | bf16 (autocast, fp32 master weights)
+        "threads": 0,  # torch intra-op threads; 0 = all cores
+        "max_train_windows": 0,  # 0 = all; caps windows per epoch (seeded subsample) for quick runs
+        "resume": False,
+    },
+    "evaluate": {
+        "n_boot": 1000,
+        "ridge_k": 5,
+        "ridge_lambda": 1.0,
+        "batch_size": 256,
+    },
+}
+
+CHOICES = {
+    ("ingest", "encoder"): ("minilm", "mpnet"),
+    ("ingest", "precision"): ("bf16", "fp32"),
+    ("train", "loss"): ("mse", "cosine", "infonce", "mse+infonce", "cosine+infonce"),
+    ("train", "precision"): ("fp32", "bf16"),
+}
+
+
+def _fail(key: str, msg: str):
+    raise LvmError(f"params: {key}: {msg}")
+
+
+def _merge(defaults: dict, given: dict, prefix: str) -> dict:
+    out = copy.deepcopy(defaults)
+    for key, value in (given or {}).items():
+        name = f"{prefix}{key}"
+        if key not in defaults:
+            _fail(name, f"unknown key (known: {', '.join(defaults)})")
+        default = defaults[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                _fail(name, f"expected a mapping, got {value!r}")
+            out[key] = _merge(default, value, name + ".")
+        else:
+            out[key] = _coerce(name, default, value)
+    return out
+
+
+def _coerce(name: str, default, value):
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            _fail(name, f"expected true/false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(name, f"expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(name, f"expected a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            _fail(name, f"expected a string, got {value!r}")
+    return value
+
+
+def validate(p: dict) -> dict:
+    data, export, model, train = p["data"], p["export"], p["model"], p["train"]
+    L = data["context_length"]
+    if L < 1:
+        _fail("data.context_length", f"must be >= 1, got {L}")
+    if data["stream_block"] < L + 1:
+        _fail("data.stream_block", f"must be >= data.context_length + 1 ({L + 1}), got {data['stream_block']}")
+    if not 0 <= export["overlap"] < L:
+        _fail("export.overlap", f"must satisfy 0 <= overlap < data.context_length ({L}), got {export['overlap']}")
+    fractions = export["split"]
+    for name, f in fractions.items():
+        if not 0.0 <= f <= 1.0:
+            _fail(f"export.split.{name}", f"must be in [0, 1], got {f}")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        _fail("export.split", f"fractions must sum to 1, got {sum(fractions.values()):.6g} ({fractions})")
+    if fractions["train"] <= 0 or fractions["test"] <= 0:
+        _fail("export.split", "train and test fractions must be > 0")
+    if model["chunk_size"] < 1 or L % model["chunk_size"]:
+        _fail("model.chunk_size", f"data.context_length ({L}) must be divisible by model.chunk_size "
+              f"({model['chunk_size']}) for hierarchical_gru")
+    for key in ("hidden_dim", "memory_slots", "lstm_layers", "gru_layers", "transformer_layers",
+                "transformer_heads", "transformer_ff", "amn_hidden", "hierarchy_layers", "memory_layers"):
+        if model[key] < 1:
+            _fail(f"model.{key}", f"must be >= 1, got {model[key]}")
+    if model["hidden_dim"] % model["transformer_heads"]:
+        _fail("model.transformer_heads", f"must divide model.hidden_dim ({model['hidden_dim']})")
+    if not 0.0 <= model["dropout"] < 1.0:
+        _fail("model.dropout", f"must be in [0, 1), got {model['dropout']}")
+    for (section, key), allowed in CHOICES.items():
+        if p[section][key] not in allowed:
+            _fail(f"{section}.{key}", f"must be one of {', '.join(allowed)}; got {p[section][key]!r}")
+    device = train["device"]
+    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+        _fail("train.device", f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)")
+    for key in ("epochs", "batch_size"):
+        if train[key] < 1:
+            _fail(f"train.{key}", f"must be >= 1, got {train[key]}")
+    for key in ("lr", "infonce_tau"):
+        if train[key] <= 0:
+            _fail(f"train.{key}", f"must be > 0, got {train[key]}")
+    for key in ("threads", "max_train_windows", "lr_patience"):
+        if train[key] < 0:
+            _fail(f"train.{key}", f"must be >= 0, got {train[key]}")
+    if p["ingest"]["min_words"] > p["ingest"]["max_words"] or p["ingest"]["min_words"] < 1:
+        _fail("ingest.min_words", "must be between 1 and ingest.max_words")
+    if p["evaluate"]["ridge_k"] < 1 or p["evaluate"]["ridge_k"] > L:
+        _fail("evaluate.ridge_k", f"must be between 1 and data.context_length ({L})")
+    return p
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    """Load, fill defaults and validate params.yaml; raise LvmError naming the bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise LvmError(f"{path}: params file not found")
+    try:
+        given = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LvmError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(given, dict):
+        raise LvmError(f"{path}: expected a mapping of sections")
+    return validate(_merge(DEFAULTS, given, ""))

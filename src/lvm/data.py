@@ -1,0 +1,283 @@
+"""The one data module: read and validate vector files, cut article-bounded windows, split by article,
+store windows compactly (vectors once + start indices), and serve them to every stage.
+
+A window is (context = rows s .. s+L-1, target = row s+L) of ONE article's rows in chunk order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lvm import LvmError
+from lvm.io import NpzReader, StreamedArray, save_npz
+
+SPLITS = ("train", "val", "test")
+TOKENS_PER_VECTOR = 20  # design figure: one concept vector ~ a 20-token chunk
+ROW_CHUNK = 65536  # rows per pass when scanning large files; bounds temporary memory
+
+
+@dataclass
+class Corpus:
+    """Validated vectors with rows grouped by article: `order` lists rows article by article."""
+
+    path: Path
+    vectors: np.ndarray  # [N, D], possibly a read-only memmap
+    article: np.ndarray  # [N] article id per row
+    chunk: np.ndarray  # [N] chunk index per row
+    has_article_ids: bool
+    order: np.ndarray  # row indices sorted by (article, file order)
+    article_ids: np.ndarray  # [A] distinct article ids, ascending
+    article_start: np.ndarray  # [A] offset into `order`
+    article_len: np.ndarray  # [A] rows per article
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+
+def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> Corpus:
+    """Open and check a vectors npz (keys: vectors [N,D]; optional article_indices, chunk_indices)."""
+    path = Path(path)
+    reader = NpzReader(path, trust_pickle=trust_pickle)
+    for key in reader.keys:  # refuse pickled keys up front, even ones no stage reads
+        if reader.header(key)[1].hasobject and not trust_pickle:
+            reader.load(key)
+    if "vectors" not in reader:
+        raise LvmError(f"{path}: missing key 'vectors' (keys present: {', '.join(reader.keys) or 'none'})")
+    vectors = reader.load("vectors")
+    if vectors.ndim != 2:
+        raise LvmError(f"{path}: key 'vectors' must be 2-D [N, D], got shape {vectors.shape}")
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise LvmError(f"{path}: key 'vectors' must be floating point, got {vectors.dtype}")
+    n = vectors.shape[0]
+    if n == 0 or vectors.shape[1] == 0:
+        raise LvmError(f"{path}: key 'vectors' is empty, shape {vectors.shape}")
+    _check_finite(path, vectors)
+
+    notes = []
+    has_ids = "article_indices" in reader
+    if has_ids:
+        article = _int_key(reader, path, "article_indices", n)
+    else:
+        article = np.arange(n, dtype=np.int64) // stream_block
+        notes.append(
+            f"WARNING: {path} has no 'article_indices': treating it as ONE stream cut into "
+            f"pseudo-articles of {stream_block} rows (data.stream_block). Windows may cross real "
+            "document boundaries inside a block; splits never share a block.")
+    chunk = _int_key(reader, path, "chunk_indices", n) if "chunk_indices" in reader else None
+
+    order = np.argsort(article, kind="stable")
+    sorted_article = article[order]
+    boundaries = np.flatnonzero(np.diff(sorted_article)) + 1
+    article_start = np.concatenate([[0], boundaries]).astype(np.int64)
+    article_len = np.diff(np.concatenate([article_start, [n]])).astype(np.int64)
+    article_ids = sorted_article[article_start]
+    if chunk is None:
+        chunk = np.empty(n, dtype=np.int64)
+        chunk[order] = np.arange(n) - np.repeat(article_start, article_len)
+    else:
+        sorted_chunk = chunk[order]
+        same_article = sorted_article[1:] == sorted_article[:-1]
+        bad = np.flatnonzero(same_article & (sorted_chunk[1:] <= sorted_chunk[:-1]))
+        if bad.size:
+            row = int(order[bad[0] + 1])
+            raise LvmError(
+                f"{path}: key 'chunk_indices' is not increasing inside article {int(article[row])} "
+                f"(row {row}: chunk {int(chunk[row])} after {int(sorted_chunk[bad[0]])}); "
+                f"{bad.size} such rows. Rows of an article must be in chunk order.")
+    reader.close()
+    return Corpus(path, vectors, article, chunk, has_ids, order, article_ids, article_start,
+                  article_len, notes)
+
+
+def _int_key(reader: NpzReader, path: Path, key: str, n: int) -> np.ndarray:
+    arr = np.asarray(reader.load(key, mmap=False))
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise LvmError(f"{path}: key '{key}' must have shape [{n}] (one per vector), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise LvmError(f"{path}: key '{key}' must be integers, got {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _check_finite(path: Path, vectors: np.ndarray) -> None:
+    for a in range(0, vectors.shape[0], ROW_CHUNK):
+        ok = np.isfinite(vectors[a:a + ROW_CHUNK]).all(axis=1)
+        if not ok.all():
+            first = a + int(np.argmin(ok))
+            total = sum(int((~np.isfinite(vectors[b:b + ROW_CHUNK]).all(axis=1)).sum())
+                        for b in range(a, vectors.shape[0], ROW_CHUNK))
+            raise LvmError(f"{path}: key 'vectors' has NaN/Inf in {total} rows (first: row {first})")
+
+
+def count_windows(length: np.ndarray, context_length: int, stride: int) -> np.ndarray:
+    """Windows per article: starts 0, stride, ... while the target row start+L stays inside."""
+    usable = length - context_length - 1
+    return np.where(usable >= 0, usable // stride + 1, 0)
+
+
+def split_articles(article_ids: np.ndarray, fractions: dict, seed: int) -> dict[str, np.ndarray]:
+    """Seeded, article-level split: every article lands in exactly one split."""
+    ids = np.sort(np.asarray(article_ids))
+    n = ids.size
+    n_test = max(1, int(round(fractions["test"] * n)))
+    n_val = max(1, int(round(fractions["val"] * n))) if fractions["val"] > 0 else 0
+    n_train = n - n_test - n_val
+    if n_train < 1:
+        raise LvmError(f"export.split: only {n} articles are long enough; cannot give train, val "
+                       f"and test at least one article each")
+    perm = np.random.default_rng(seed).permutation(ids)
+    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
+            "test": np.sort(perm[n_train + n_val:])}
+
+
+def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
+                   fractions: dict, seed: int) -> dict:
+    """Write {train,val,test}.npz (vectors once + window starts) and return the metadata dict."""
+    L, stride = context_length, context_length - overlap
+    out_dir = Path(out_dir)
+    n_windows = count_windows(corpus.article_len, L, stride)
+    eligible = n_windows > 0
+    if not eligible.any():
+        raise LvmError(
+            f"{corpus.path}: every article is shorter than data.context_length + 1 = {L + 1} vectors "
+            f"(longest has {int(corpus.article_len.max())}); lower data.context_length")
+    splits = split_articles(corpus.article_ids[eligible], fractions, seed)
+    meta_splits = {}
+    for name in SPLITS:
+        idx = np.searchsorted(corpus.article_ids, splits[name])  # positions of this split's articles
+        lengths, counts = corpus.article_len[idx], n_windows[idx]
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        starts = np.concatenate([off + stride * np.arange(c, dtype=np.int64)
+                                 for off, c in zip(offsets, counts)]) if idx.size else np.zeros(0, np.int64)
+        rows = np.concatenate([corpus.order[corpus.article_start[i]:corpus.article_start[i] + corpus.article_len[i]]
+                               for i in idx]) if idx.size else np.zeros(0, np.int64)
+        n_rows = int(lengths.sum())
+        save_npz(
+            out_dir / f"{name}.npz",
+            vectors=StreamedArray((n_rows, corpus.dim), np.float32,
+                                  (corpus.vectors[rows[a:a + ROW_CHUNK]] for a in range(0, n_rows, ROW_CHUNK))),
+            article_indices=corpus.article[rows],
+            chunk_indices=corpus.chunk[rows],
+            source_rows=rows,
+            window_starts=starts,
+            context_length=np.int64(L),
+        )
+        meta_splits[name] = {"articles": int(idx.size), "vectors": n_rows, "windows": int(starts.size)}
+    mean, std = coherence(corpus)
+    return {
+        "source_file": str(corpus.path),
+        "context_length": L,
+        "overlap": overlap,
+        "stride": stride,
+        "vector_dim": corpus.dim,
+        "total_vectors": int(corpus.vectors.shape[0]),
+        "total_articles": int(corpus.article_ids.size),
+        "article_ids_present": corpus.has_article_ids,
+        "articles_skipped_too_short": int((~eligible).sum()),
+        "vectors_in_skipped_articles": int(corpus.article_len[~eligible].sum()),
+        "split_seed": seed,
+        "split_fractions": dict(fractions),
+        "splits": meta_splits,
+        "total_windows": int(sum(s["windows"] for s in meta_splits.values())),
+        "coherence": {"mean_consecutive_cosine": mean, "std_consecutive_cosine": std},
+        "effective_tokens": L * TOKENS_PER_VECTOR,
+        "notes": corpus.notes,
+    }
+
+
+def coherence(corpus: Corpus) -> tuple[float, float]:
+    """Mean/std cosine of consecutive vectors within articles (how predictable 'next' is by copying)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    n = corpus.order.size
+    for a in range(0, n - 1, ROW_CHUNK):
+        rows = corpus.order[a:min(a + ROW_CHUNK + 1, n)]
+        v = np.asarray(corpus.vectors[rows], dtype=np.float32)
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        cos = np.einsum("ij,ij->i", v[:-1], v[1:])
+        same = corpus.article[rows[1:]] == corpus.article[rows[:-1]]
+        cos = cos[same].astype(np.float64)
+        total, total_sq, count = total + cos.sum(), total_sq + (cos ** 2).sum(), count + cos.size
+    if count == 0:
+        return float("nan"), float("nan")
+    mean = total / count
+    return round(mean, 6), round(float(np.sqrt(max(total_sq / count - mean ** 2, 0.0))), 6)
+
+
+class WindowDataset:
+    """Windows of one split, gathered on the fly from the split's vectors (no [n, L, D] copy).
+
+    Works as a torch map-style Dataset (`ds[i]` -> (context, target)) and, faster, as a batch source:
+    `ds.batch(indices)` gathers a whole batch with one indexing op through a strided view.
+    """
+
+    def __init__(self, path, mmap: bool = False):
+        import torch
+
+        path = Path(path)
+        with NpzReader(path) as reader:
+            for key in ("vectors", "window_starts", "context_length"):
+                if key not in reader:
+                    raise LvmError(f"{path}: missing key '{key}'; rerun `dvc repro export_ctx100`")
+            vectors = reader.load("vectors", mmap=mmap)
+            self.starts = np.asarray(reader.load("window_starts", mmap=False), dtype=np.int64)
+            self.context_length = int(reader.load("context_length", mmap=False))
+            self.article_indices = np.asarray(reader.load("article_indices", mmap=False))
+            self.source_rows = np.asarray(reader.load("source_rows", mmap=False))
+        self.path = path
+        self.vectors_np = vectors if mmap else np.ascontiguousarray(vectors, dtype=np.float32)
+        self.vectors = torch.from_numpy(np.asarray(self.vectors_np)) if not mmap else None
+        L, (n, d) = self.context_length, self.vectors_np.shape
+        if self.vectors is not None and n >= L:
+            self._windows = self.vectors.as_strided((n - L + 1, L, d), (d, d, 1))
+        else:
+            self._windows = None
+        self._starts_t = torch.from_numpy(self.starts)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors_np.shape[1]
+
+    def __len__(self) -> int:
+        return self.starts.size
+
+    def __getitem__(self, i):
+        s = int(self.starts[i])
+        L = self.context_length
+        if self.vectors is None:
+            import torch
+            block = np.asarray(self.vectors_np[s:s + L + 1], dtype=np.float32)
+            return torch.from_numpy(block[:L]), torch.from_numpy(block[L])
+        return self.vectors[s:s + L], self.vectors[s + L]
+
+    def batch(self, indices):
+        """(contexts [B, L, D], targets [B, D]) as new float32 tensors."""
+        import torch
+
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        starts = self._starts_t[idx]
+        if self._windows is None:
+            rows = starts[:, None] + torch.arange(self.context_length + 1)
+            block = torch.from_numpy(np.asarray(self.vectors_np[rows.numpy()], dtype=np.float32))
+            return block[:, :-1], block[:, -1]
+        return self._windows[starts], self.vectors[starts + self.context_length]
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, limit: int = 0):
+        """Yield (indices, contexts, targets). `limit` > 0 takes a seeded subsample of that many windows."""
+        n = len(self)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n) if shuffle or (limit and limit < n) else np.arange(n)
+        if limit and limit < n:
+            order = order[:limit] if shuffle else np.sort(order[:limit])
+        for a in range(0, order.size, batch_size):
+            idx = order[a:a + batch_size]
+            yield (idx, *self.batch(idx))
+
+    def targets_rows(self) -> np.ndarray:
+        """Row (inside this split's vectors) of each window's target: the retrieval bank index."""
+        return self.starts + self.context_length
+
+    def window_articles(self) -> np.ndarray:
+        return self.article_indices[self.targets_rows()]
