@@ -32,6 +32,7 @@ DEFAULTS: dict = {
     },
     "export": {
         "overlap": 50,
+        "test_stride": 1,  # stride of test windows: 1 scores every target of the held-out articles
         "seed": 42,
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},
     },
@@ -43,7 +44,7 @@ DEFAULTS: dict = {
         "transformer_layers": 4,
         "transformer_heads": 8,
         "transformer_ff": 2048,
-        "amn_hidden": 512,
+        "amn_hidden": 384,
         "chunk_size": 10,
         "hierarchy_layers": 2,
         "memory_slots": 2048,
@@ -69,8 +70,7 @@ DEFAULTS: dict = {
     },
     "evaluate": {
         "n_boot": 1000,
-        "ridge_k": 5,
-        "ridge_lambda": 1.0,
+        "ridge_k": 5,  # ridge baseline reads the last k context vectors; lambda is chosen on held-out train
         "batch_size": 256,
     },
 }
@@ -129,6 +129,8 @@ def validate(p: dict) -> dict:
         _fail("data.stream_block", f"must be >= data.context_length + 1 ({L + 1}), got {data['stream_block']}")
     if not 0 <= export["overlap"] < L:
         _fail("export.overlap", f"must satisfy 0 <= overlap < data.context_length ({L}), got {export['overlap']}")
+    if export["test_stride"] < 1:
+        _fail("export.test_stride", f"must be >= 1, got {export['test_stride']}")
     fractions = export["split"]
     for name, f in fractions.items():
         if not 0.0 <= f <= 1.0:

@@ -23,7 +23,10 @@ CUT_SECTIONS = {
     "works cited", "primary sources", "secondary sources", "external sources",
 }
 DROP_LINK_PREFIXES = ("file:", "image:", "category:", "media:")
-SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+# Split at whitespace after . ! ? (and up to two closing quotes/brackets, which stay with their
+# sentence) when the next sentence starts with a capital or digit, optionally after an opening quote.
+SENTENCE_END = re.compile(
+    r"(?:(?<=[.!?])|(?<=[.!?][\"')\]])|(?<=[.!?][\"')\]]{2}))\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 def default_source() -> Path:

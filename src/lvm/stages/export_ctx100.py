@@ -20,7 +20,7 @@ def run(p: dict, out_dir: str = OUT_DIR, metadata: str = METADATA) -> dict:
     for note in corpus.notes:
         print(note)
     meta = export_windows(corpus, out_dir, data["context_length"], export["overlap"],
-                          export["split"], export["seed"])
+                          export["split"], export["seed"], export["test_stride"])
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(metadata, meta)
     s = meta["splits"]

@@ -1,0 +1,55 @@
+"""Latent vector models: read the previous L concept vectors [B, L, D], predict the next one [B, D].
+
+    model = create_model(name, input_dim=D, context_length=L, **params["model"])
+    pred = model(context)                        # [B, D], L2-normalised, float32
+    pred, raw = model(context, return_raw=True)  # raw: the un-normalised output (for MSE)
+    create_model(**model.config)                 # rebuilds the same architecture from a checkpoint
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch.nn as nn
+
+from .amn import AMNModel
+from .base import LatentVectorModel
+from .gru import GRUModel
+from .hierarchical import HierarchicalGRUModel
+from .lstm import LSTMModel
+from .memory import MemoryGRUModel
+from .transformer import TransformerModel
+
+_REGISTRY: dict[str, type[LatentVectorModel]] = {
+    cls.name: cls
+    for cls in (LSTMModel, GRUModel, TransformerModel, AMNModel, HierarchicalGRUModel, MemoryGRUModel)
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+# model name -> the `model.*` keys of params.yaml it reads (what its DVC stage must declare)
+MODEL_PARAMS: dict[str, tuple[str, ...]] = {name: cls.PARAMS for name, cls in _REGISTRY.items()}
+
+# model name -> {key: default}, read off the constructors so it cannot drift from the code
+MODEL_DEFAULTS: dict[str, dict] = {
+    name: {k: inspect.signature(cls.__init__).parameters[k].default for k in cls.PARAMS}
+    for name, cls in _REGISTRY.items()
+}
+
+
+def create_model(name: str, input_dim: int, context_length: int, **model_params) -> LatentVectorModel:
+    """Build model `name`. `model_params` is the flat `model:` section of params.yaml: keys this
+    model does not read are ignored; missing keys take the constructor defaults."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    cls = _REGISTRY[name]
+    used = {k: model_params[k] for k in cls.PARAMS if k in model_params}
+    return cls(input_dim=input_dim, context_length=context_length, **used)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["MODEL_NAMES", "MODEL_PARAMS", "MODEL_DEFAULTS", "LatentVectorModel", "create_model", "count_parameters"]

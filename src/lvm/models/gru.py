@@ -1,0 +1,34 @@
+"""GRU stack: residual GRU layers with LayerNorm, the last step predicts the next vector."""
+
+import torch
+import torch.nn as nn
+
+from .base import LatentVectorModel, check_dropout, check_int
+
+
+class GRUModel(LatentVectorModel):
+    """Linear D->512, 4 x (GRU(512) + residual + LayerNorm), last step -> Linear -> D (7.1M at D=768)."""
+
+    name = "gru"
+    PARAMS = ("hidden_dim", "gru_layers", "dropout")
+    DESCRIPTION = "input linear, residual GRU+LayerNorm stack, last step -> linear"
+
+    def __init__(self, input_dim, context_length, hidden_dim=512, gru_layers=4, dropout=0.0):
+        check_int("hidden_dim", hidden_dim)
+        check_int("gru_layers", gru_layers)
+        dropout = check_dropout(dropout)
+        super().__init__(input_dim, context_length, hidden_dim=hidden_dim, gru_layers=gru_layers, dropout=dropout)
+        self.inp = nn.Linear(input_dim, hidden_dim)
+        # separate single-layer GRUs (not one fused stack) because each layer gets its own residual + norm
+        self.grus = nn.ModuleList(nn.GRU(hidden_dim, hidden_dim, batch_first=True) for _ in range(gru_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(gru_layers))
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_dim, input_dim)
+
+    def predict_raw(self, context: torch.Tensor) -> torch.Tensor:
+        x = self.inp(context)
+        for gru, norm in zip(self.grus, self.norms):
+            # the layer above needs every step; only the last step of the top layer is read out
+            y, _ = gru(x)
+            x = norm(x + self.drop(y))
+        return self.head(x[:, -1])

@@ -1,0 +1,93 @@
+"""Memory-augmented GRU: read a learned slot memory, process with a GRU, write, read again.
+
+The original kept its memory in a buffer that every training forward overwrote in place (`.data`),
+so the write path never got a gradient and evaluation depended on the last training batch; its
+first read used a zero query, so every sample read the same content. Here:
+
+* the memory M [S, D] is a learned parameter, never modified by forward;
+* every read is content-based: softmax(sharpness * cos(query, slot)) over the S slots, with queries
+  computed from the sample (first read: a projection of each context vector, all L steps in one
+  matmul);
+* the write is per sample and differentiable: M_b' = M + w_b a_b^T (rank-1 add), with write
+  weights w_b from the final GRU state's content attention over the slots and an add vector a_b
+  scaled by a sigmoid write gate. M_b' exists only inside the forward pass, and is never formed:
+  cosine scores and the read from M_b' are computed exactly from M, w_b and a_b in O(B*S*D).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import LatentVectorModel, check_dropout, check_int
+
+
+def content_read(query: torch.Tensor, memory: torch.Tensor, sharpness: torch.Tensor):
+    """Cosine content addressing of `memory` [S, D] by `query` [..., D] -> (weights [..., S], read [..., D])."""
+    scores = F.normalize(query, dim=-1) @ F.normalize(memory, dim=-1).t()
+    weights = F.softmax(sharpness * scores.float(), dim=-1)
+    return weights, weights.to(memory.dtype) @ memory
+
+
+class MemoryGRUModel(LatentVectorModel):
+    """Read (per step) -> GRU over [x, read] -> write (rank-1, per sample) -> read again -> head."""
+
+    name = "memory_gru"
+    PARAMS = ("hidden_dim", "memory_slots", "memory_layers", "dropout")
+    DESCRIPTION = "learned slot memory: per-step cosine read, GRU, per-sample rank-1 write, second read"
+
+    def __init__(self, input_dim, context_length, hidden_dim=512, memory_slots=2048, memory_layers=4, dropout=0.0):
+        check_int("hidden_dim", hidden_dim)
+        check_int("memory_slots", memory_slots)
+        check_int("memory_layers", memory_layers)
+        dropout = check_dropout(dropout)
+        super().__init__(input_dim, context_length, hidden_dim=hidden_dim, memory_slots=memory_slots,
+                         memory_layers=memory_layers, dropout=dropout)
+        D, H = input_dim, hidden_dim
+        # unit-norm random slots, like the sentence embeddings they will be compared with
+        self.memory = nn.Parameter(F.normalize(torch.randn(memory_slots, D), dim=-1))
+        # sharpness starts at sqrt(D): cosines of unrelated D-dim vectors are ~N(0, 1/D), so
+        # initial scores have unit spread instead of a flat softmax over thousands of slots
+        init = math.log(math.sqrt(D))
+        self.log_sharpness = nn.Parameter(torch.full((3,), init))  # first read, write, second read
+        self.read_query = nn.Linear(D, D, bias=False)
+        self.gru = nn.GRU(2 * D, H, memory_layers, batch_first=True, dropout=dropout if memory_layers > 1 else 0.0)
+        self.write_key = nn.Linear(H, D)
+        self.write_value = nn.Linear(H, D)
+        self.write_gate = nn.Linear(H, 1)
+        self.read2_query = nn.Linear(H, D)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(H + D, D)
+
+    def first_read(self, context: torch.Tensor):
+        """Weights [B, L, S] and content [B, L, D] of the per-step read; every step of every sample
+        has its own query."""
+        return content_read(self.read_query(context), self.memory, self.log_sharpness[0].exp())
+
+    def predict_raw(self, context: torch.Tensor) -> torch.Tensor:
+        _, read = self.first_read(context)
+        # GRU input in the read's dtype: bf16 under autocast, which saves a cast per step inside the GRU
+        _, h_n = self.gru(torch.cat([context.to(read.dtype), read], dim=-1))
+        h = self.drop(h_n[-1].float())  # [B, H]
+
+        # The write and second read touch only [B, S] and [B, D] tensors: cheap, so keep them in
+        # fp32 where a small write (w_s ~ 1/S) is not lost in bf16 rounding of slot norms.
+        with torch.autocast(context.device.type, enabled=False):
+            M = self.memory.float()
+            s_w, s_r = self.log_sharpness[1].exp(), self.log_sharpness[2].exp()
+            w, _ = content_read(self.write_key(h), M, s_w)                    # [B, S] write weights
+            a = torch.sigmoid(self.write_gate(h)) * self.write_value(h)        # [B, D] gated add vector
+
+            # second read from M_b' = M + w_b a_b^T without forming the [B, S, D] tensor:
+            #   q . M'_s     = q . M_s + w_s (q . a)
+            #   |M'_s|^2     = |M_s|^2 + 2 w_s (M_s . a) + w_s^2 |a|^2
+            #   sum_s p_s M'_s = p M + (p . w) a
+            q = self.read2_query(h)                                            # [B, D]
+            dots = q @ M.t() + w * (q * a).sum(-1, keepdim=True)
+            slot_sq = (M * M).sum(-1) + 2 * w * (a @ M.t()) + w.square() * a.square().sum(-1, keepdim=True)
+            cos = dots / (q.norm(dim=-1, keepdim=True) * slot_sq.clamp_min(0).sqrt()).clamp_min(1e-8)
+            p = F.softmax(s_r * cos, dim=-1)
+            read2 = p @ M + (p * w).sum(-1, keepdim=True) * a                 # [B, D]
+
+        return self.head(torch.cat([h, read2], dim=-1))

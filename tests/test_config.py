@@ -1,0 +1,106 @@
+"""params.yaml loader: defaults, unknown keys, types and cross-key checks fail naming the key."""
+import copy
+
+import pytest
+import yaml
+
+from lvm import LvmError
+from lvm.config import DEFAULTS, load_params, validate
+
+from conftest import REPO
+
+
+def _load(tmp_path, given):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(given) if not isinstance(given, str) else given)
+    return load_params(path)
+
+
+def test_repo_params_file_is_valid():
+    p = load_params(REPO / "params.yaml")
+    assert set(p) == set(DEFAULTS)
+    assert p["data"]["context_length"] >= 1
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert _load(tmp_path, "") == DEFAULTS
+    assert validate(copy.deepcopy(DEFAULTS)) == DEFAULTS
+
+
+def test_partial_section_keeps_other_defaults(tmp_path):
+    p = _load(tmp_path, {"export": {"overlap": 99}, "train": {"lr": 1}})
+    assert p["export"]["overlap"] == 99
+    assert p["export"]["seed"] == DEFAULTS["export"]["seed"]
+    assert p["export"]["split"] == DEFAULTS["export"]["split"]
+    assert p["train"]["lr"] == 1.0 and isinstance(p["train"]["lr"], float)
+    assert p["data"] == DEFAULTS["data"]
+    assert DEFAULTS["export"]["overlap"] == 50  # loading never mutates the defaults
+
+
+@pytest.mark.parametrize("given, key", [
+    ({"dataa": {}}, "params: dataa: unknown key"),
+    ({"data": {"contxt_length": 5}}, "params: data.contxt_length: unknown key"),
+    ({"export": {"split": {"train": 0.8, "dev": 0.1, "test": 0.1}}}, "params: export.split.dev: unknown key"),
+    ({"data": 5}, "params: data: expected a mapping"),
+    ({"data": {"context_length": "100"}}, "params: data.context_length: expected an integer"),
+    ({"data": {"context_length": 100.5}}, "params: data.context_length: expected an integer"),
+    ({"data": {"context_length": True}}, "params: data.context_length: expected an integer"),
+    ({"data": {"trust_pickle": "yes please"}}, "params: data.trust_pickle: expected true/false"),
+    ({"data": {"trust_pickle": 1}}, "params: data.trust_pickle: expected true/false"),
+    ({"train": {"lr": "fast"}}, "params: train.lr: expected a number"),
+    ({"data": {"vectors": 3}}, "params: data.vectors: expected a string"),
+])
+def test_unknown_keys_and_wrong_types_are_named(tmp_path, given, key):
+    with pytest.raises(LvmError, match="^" + key.replace(".", r"\.")):
+        _load(tmp_path, given)
+
+
+@pytest.mark.parametrize("given, key", [
+    ({"data": {"context_length": 0}}, "data.context_length"),
+    ({"data": {"context_length": -3}}, "data.context_length"),
+    ({"export": {"overlap": 100}}, "export.overlap"),
+    ({"export": {"overlap": 150}}, "export.overlap"),
+    ({"export": {"overlap": -1}}, "export.overlap"),
+    ({"export": {"split": {"train": 0.8, "val": 0.1, "test": 0.2}}}, "export.split"),
+    ({"export": {"split": {"train": 0.5, "val": 0.1, "test": 0.1}}}, "export.split"),
+    ({"export": {"split": {"train": 1.2, "val": -0.1, "test": -0.1}}}, "export.split.train"),
+    ({"export": {"split": {"train": 0.9, "val": 0.1, "test": 0.0}}}, "export.split"),
+    ({"data": {"context_length": 12}, "export": {"overlap": 6}}, "model.chunk_size"),
+    ({"model": {"chunk_size": 0}}, "model.chunk_size"),
+    ({"data": {"stream_block": 50}}, "data.stream_block"),
+    ({"train": {"device": "gpu"}}, "train.device"),
+    ({"train": {"device": "cuda:x"}}, "train.device"),
+    ({"train": {"loss": "l1"}}, "train.loss"),
+    ({"ingest": {"encoder": "bert"}}, "ingest.encoder"),
+    ({"ingest": {"min_words": 20}}, "ingest.min_words"),
+    ({"train": {"epochs": 0}}, "train.epochs"),
+    ({"train": {"lr": 0}}, "train.lr"),
+    ({"model": {"hidden_dim": 500}}, "model.transformer_heads"),
+    ({"model": {"dropout": 1.0}}, "model.dropout"),
+    ({"evaluate": {"ridge_k": 101}}, "evaluate.ridge_k"),
+])
+def test_bad_values_are_named(tmp_path, given, key):
+    with pytest.raises(LvmError, match=r"^params: " + key.replace(".", r"\.") + ":"):
+        _load(tmp_path, given)
+
+
+@pytest.mark.parametrize("given", [
+    {"export": {"overlap": 99}},
+    {"export": {"overlap": 0}},
+    {"data": {"context_length": 20}, "model": {"chunk_size": 5}, "export": {"overlap": 19}},
+    {"export": {"split": {"train": 0.9, "val": 0.0, "test": 0.1}}},
+    {"train": {"device": "cuda:1"}},
+    {"data": {"context_length": 1, "stream_block": 2}, "model": {"chunk_size": 1},
+     "evaluate": {"ridge_k": 1}, "export": {"overlap": 0}},
+])
+def test_edge_values_accepted(tmp_path, given):
+    _load(tmp_path, given)
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(LvmError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(LvmError, match="not valid YAML"):
+        _load(tmp_path, "data: [unclosed\n")
+    with pytest.raises(LvmError, match="expected a mapping of sections"):
+        _load(tmp_path, "- a\n- b\n")

@@ -1,0 +1,244 @@
+"""Model zoo: interface, training signal, parameter budgets and the memory model's fixed defects."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
+
+D, L, B = 16, 20, 3
+# small but structurally complete: every model keeps >= 2 layers where it stacks them
+SMALL = dict(hidden_dim=32, lstm_layers=2, gru_layers=2, transformer_layers=2, transformer_heads=4,
+             transformer_ff=64, amn_hidden=32, chunk_size=5, hierarchy_layers=2, memory_slots=24,
+             memory_layers=2, dropout=0.0)
+ORIGINAL_PARAMS = dict(lstm=5.1e6, gru=7.1e6, transformer=17.9e6, amn=1.5e6, hierarchical_gru=8.6e6,
+                       memory_gru=11.3e6)
+
+
+def small(name, **overrides):
+    torch.manual_seed(0)
+    return create_model(name, input_dim=D, context_length=L, **{**SMALL, **overrides})
+
+
+def batch(b=B, length=L, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(b, length, D, generator=g), dim=-1)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_shape_norm_and_raw(name):
+    model = small(name).eval()
+    x = batch()
+    pred = model(x)
+    assert pred.shape == (B, D) and pred.dtype == torch.float32
+    torch.testing.assert_close(pred.norm(dim=-1), torch.ones(B))
+    pred2, raw = model(x, return_raw=True)
+    assert raw.shape == (B, D)
+    torch.testing.assert_close(pred2, F.normalize(raw, dim=-1))
+    torch.testing.assert_close(pred2, pred)
+    assert model(batch(b=1)).shape == (1, D)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_rebuild_from_config(name):
+    model = small(name).eval()
+    cfg = model.config
+    assert cfg["name"] == name and cfg["input_dim"] == D and cfg["context_length"] == L
+    assert set(cfg) == {"name", "input_dim", "context_length", *MODEL_PARAMS[name]}
+    import json
+    cfg = json.loads(json.dumps(cfg))  # what a checkpoint stores
+    torch.manual_seed(123)  # different init, so equality below comes from the state dict
+    rebuilt = create_model(cfg["name"], **{k: v for k, v in cfg.items() if k != "name"}).eval()
+    assert count_parameters(rebuilt) == count_parameters(model)
+    rebuilt.load_state_dict(model.state_dict())
+    x = batch()
+    torch.testing.assert_close(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_deterministic_init(name):
+    a, b = small(name), small(name)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_trains(name):
+    model = small(name).train()
+    x = batch(b=8)
+    target = F.normalize(torch.randn(8, D, generator=torch.Generator().manual_seed(2)), dim=-1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    losses = []
+    for _ in range(20):
+        _, raw = model(x, return_raw=True)
+        loss = F.mse_loss(raw, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_bf16_autocast(name):
+    model = small(name).eval()
+    x = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred, raw = model(x, return_raw=True)
+    assert pred.dtype == torch.float32 and raw.dtype == torch.float32
+    assert torch.isfinite(pred).all()
+    torch.testing.assert_close(pred.norm(dim=-1), torch.ones(B))
+    # bf16 is coarse, but the prediction must still point the same way as in fp32
+    assert F.cosine_similarity(pred, model(x)).min() > 0.95
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_eval_is_deterministic_with_dropout(name):
+    model = small(name, dropout=0.3).eval()
+    x = batch()
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_counts_match_original(name):
+    # the original's sizes at D=768, L=100 with the params.yaml defaults (constructor defaults)
+    n = count_parameters(create_model(name, input_dim=768, context_length=100))
+    assert abs(n / ORIGINAL_PARAMS[name] - 1) < 0.10, n
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as e:
+        create_model("lstn", input_dim=D, context_length=L)
+    for name in MODEL_NAMES:
+        assert name in str(e.value)
+
+
+def test_unused_keys_ignored_used_keys_validated():
+    model = create_model("lstm", input_dim=D, context_length=L, hidden_dim=32, chunk_size=7, memory_slots=-1,
+                         whatever="x")
+    assert model.config == {"name": "lstm", "input_dim": D, "context_length": L, "hidden_dim": 32,
+                            "lstm_layers": 2, "dropout": 0.0}
+    with pytest.raises(ValueError, match="model.hidden_dim"):
+        create_model("gru", input_dim=D, context_length=L, hidden_dim=0)
+    with pytest.raises(ValueError, match="model.dropout"):
+        create_model("amn", input_dim=D, context_length=L, dropout=1.5)
+    with pytest.raises(ValueError, match="model.transformer_heads"):
+        create_model("transformer", input_dim=D, context_length=L, hidden_dim=30, transformer_heads=4)
+    with pytest.raises(ValueError, match="model.memory_slots"):
+        create_model("memory_gru", input_dim=D, context_length=L, memory_slots=True)
+    with pytest.raises(ValueError, match="data.context_length"):
+        create_model("lstm", input_dim=D, context_length=0)
+
+
+def test_model_params_cover_defaults():
+    assert MODEL_NAMES == ("lstm", "gru", "transformer", "amn", "hierarchical_gru", "memory_gru")
+    assert MODEL_PARAMS["memory_gru"] == ("hidden_dim", "memory_slots", "memory_layers", "dropout")
+    assert "memory_slots" not in MODEL_PARAMS["gru"]
+    for name, keys in MODEL_PARAMS.items():
+        assert "dropout" in keys
+
+
+@pytest.mark.parametrize("length", [50, 200])
+def test_hierarchical_other_lengths(length):
+    model = create_model("hierarchical_gru", input_dim=D, context_length=length, **{**SMALL, "chunk_size": 10})
+    assert model(batch(length=length)).shape == (B, D)
+
+
+def test_hierarchical_rejects_indivisible_length():
+    with pytest.raises(ValueError) as e:
+        create_model("hierarchical_gru", input_dim=D, context_length=95, **{**SMALL, "chunk_size": 10})
+    assert "model.chunk_size" in str(e.value) and "data.context_length" in str(e.value)
+
+
+def test_transformer_long_context_and_causality():
+    model = create_model("transformer", input_dim=D, context_length=300, **SMALL).eval()
+    x = batch(length=300)
+    assert model(x).shape == (B, D)
+    assert model(x[:, :1]).shape == (B, D)  # a single vector is a valid context too
+    # positions matter: reversing the context changes the prediction
+    assert not torch.allclose(model(x), model(x.flip(1)))
+
+
+def test_transformer_last_only_matches_full_causal_pass():
+    model = small("transformer").eval()
+    x = batch()
+    h = model.inp(x)
+    from lvm.models.transformer import sinusoidal_positions
+    h = h + sinusoidal_positions(L, h.shape[-1])
+    full, last = h, h
+    for block in model.blocks:
+        full = block(full)
+    for i, block in enumerate(model.blocks):
+        last = block(last, last_only=i == len(model.blocks) - 1)
+    torch.testing.assert_close(last[:, -1], full[:, -1])
+    # causal: perturbing the final input vector leaves earlier positions untouched
+    h2 = h.clone()
+    h2[:, -1] += 1.0
+    full2 = h2
+    for block in model.blocks:
+        full2 = block(full2)
+    torch.testing.assert_close(full2[:, :-1], full[:, :-1])
+
+
+# --- memory_gru: the original's defects must stay fixed ---------------------------------------
+
+def test_memory_every_parameter_gets_gradient():
+    model = small("memory_gru").train()
+    _, raw = model(batch(), return_raw=True)
+    F.mse_loss(raw, torch.randn(B, D)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    names = dict(model.named_parameters())
+    for key in ("memory", "log_sharpness", "write_key.weight", "write_value.weight", "write_gate.weight",
+                "read2_query.weight", "read_query.weight"):
+        assert key in names
+    assert (names["log_sharpness"].grad != 0).all()  # first read, write and second read sharpness
+
+
+def test_memory_eval_independent_of_previous_forwards():
+    model = small("memory_gru")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x1, x2, x3 = batch(seed=1), batch(seed=2), batch(seed=3)
+    for mode in ("train", "eval"):  # training forwards must not leave anything behind either
+        getattr(model, mode)()
+        model(x1)
+        y = model.eval()(x2)
+        getattr(model, mode)()
+        model(x3)
+        torch.testing.assert_close(model.eval()(x2), y, rtol=0, atol=0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_memory_first_read_depends_on_sample():
+    model = small("memory_gru").eval()
+    x = batch(b=2)
+    weights, content = model.first_read(x)
+    assert weights.shape == (2, L, SMALL["memory_slots"])
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, L))
+    assert not torch.allclose(weights[0, 0], weights[1, 0])
+    assert not torch.allclose(content[0, 0], content[1, 0])
+
+
+def test_memory_write_matches_explicit_updated_memory():
+    # the rank-1 shortcut must equal reading from an explicitly built per-sample M + w a^T
+    model = small("memory_gru").eval()
+    x = batch()
+    from lvm.models.memory import content_read
+    _, read = model.first_read(x)
+    _, h_n = model.gru(torch.cat([x, read], -1))
+    h = h_n[-1]
+    M = model.memory
+    w, _ = content_read(model.write_key(h), M, model.log_sharpness[1].exp())
+    a = torch.sigmoid(model.write_gate(h)) * model.write_value(h)
+    M_new = M + w[:, :, None] * a[:, None, :]                                  # [B, S, D]
+    q = model.read2_query(h)
+    cos = F.cosine_similarity(q[:, None, :], M_new, dim=-1)
+    p = F.softmax(model.log_sharpness[2].exp() * cos, dim=-1)
+    read2 = torch.einsum("bs,bsd->bd", p, M_new)
+    expected = model.head(torch.cat([h, read2], -1))
+    _, raw = model(x, return_raw=True)
+    torch.testing.assert_close(raw, expected)
+    # and the write actually changes what the second read returns
+    p0 = F.softmax(model.log_sharpness[2].exp() * F.cosine_similarity(q[:, None, :], M[None], dim=-1), -1)
+    assert not torch.allclose(read2, p0 @ M)
