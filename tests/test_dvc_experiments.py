@@ -1,0 +1,86 @@
+"""The whole pipeline under DVC and git on a tiny synthetic corpus: `dvc exp run -S` reruns exactly
+the stages that read the changed param, and `dvc metrics diff` between commits shows the change."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO, merge, stage_env, write_vectors
+from lvm.models import MODEL_PARAMS
+from lvm.train import EXPERIMENTS
+from test_train import TINY
+
+pytestmark = pytest.mark.slow
+
+
+def sh(cwd, *cmd, check=True, stdout_only=False):
+    res = subprocess.run(list(cmd), cwd=cwd, env=stage_env(), capture_output=True, text=True, timeout=600)
+    if check and res.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res.stdout if stdout_only else res.stdout + res.stderr
+
+
+def test_dvc_yaml_declares_exactly_the_params_each_training_stage_reads():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for experiment, model in EXPERIMENTS.items():
+        stage = stages[f"train_{experiment}"]
+        assert f"--model {model} " in stage["cmd"] + " " and f"--experiment {experiment}" in stage["cmd"]
+        assert sorted(stage["params"]) == sorted(["train", *(f"model.{k}" for k in MODEL_PARAMS[model])])
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dvcrepo")
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    write_vectors(root / "vectors.npz", [30] * 14, dim=12, seed=3)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params["data"]["vectors"] = "vectors.npz"
+    params["train"]["epochs"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / ".gitignore").write_text("vectors.npz\n")
+    sh(root, "git", "init", "-q")
+    sh(root, "dvc", "init", "-q")
+    sh(root, "dvc", "config", "core.analytics", "false")
+    sh(root, "dvc", "config", "core.check_update", "false")
+    commit(root, "setup")  # DVCLive needs a commit to exist
+    sh(root, "dvc", "repro", "evaluate")
+    commit(root, "first")
+    return root
+
+
+def commit(root, msg):
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", msg)
+
+
+def test_exp_run_reruns_only_the_stage_that_reads_the_param(repo):
+    assert "up to date" in sh(repo, "dvc", "status", "evaluate")
+    out = sh(repo, "dvc", "exp", "run", "evaluate", "-S", "model.memory_slots=64")
+    assert "Running stage 'train_memory'" in out
+    assert "Running stage 'evaluate'" in out
+    for other in ("train_baseline", "train_hierarchical", "export_ctx100"):
+        assert f"Running stage '{other}'" not in out
+    bad = sh(repo, "dvc", "exp", "run", "evaluate", "-S", "model.memory_slot=64", check=False)
+    assert "memory_slot" in bad
+
+
+def test_metrics_diff_between_commits_shows_the_changed_value(repo):
+    before = json.loads((repo / "metrics/evaluate.json").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["seed"] = 5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    sh(repo, "dvc", "repro", "evaluate")
+    commit(repo, "second")
+    after = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert after["baseline"]["test"]["cosine_mean"] != before["baseline"]["test"]["cosine_mean"]
+    assert after["copy_last"] == before["copy_last"]  # baselines do not depend on the training seed
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json", stdout_only=True))
+    changed = diff["metrics/evaluate.json"]
+    assert "baseline.test.cosine_mean" in changed
+    assert changed["baseline.test.cosine_mean"]["new"] == after["baseline"]["test"]["cosine_mean"]
+    assert not any(k.startswith("copy_last.") for k in changed)

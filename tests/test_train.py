@@ -1,0 +1,102 @@
+"""Training loop: determinism, checkpoints without pickle, resume, losses, precision."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_vectors
+from lvm.config import DEFAULTS, _merge, validate
+from lvm.data import WindowDataset, export_windows, load_corpus
+from lvm.train import compute_loss, load_checkpoint, load_model, predict, run
+
+TINY = {
+    "data": {"context_length": 10},
+    "model": {"hidden_dim": 16, "chunk_size": 5, "memory_slots": 32, "transformer_ff": 32,
+              "transformer_heads": 2, "amn_hidden": 16},
+    "export": {"overlap": 5},
+    "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "threads": 1},
+    "evaluate": {"n_boot": 50},
+}
+
+
+def tiny_params(**train):
+    p = _merge(DEFAULTS, TINY, "")
+    p["train"].update(train)
+    return validate(p)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_vectors(root / "vectors.npz", [30] * 14, dim=12, seed=3)
+    corpus = load_corpus(root / "vectors.npz")
+    export_windows(corpus, root / "ctx", 10, 5, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=1)
+    return root / "ctx"
+
+
+def train(tmp_path, data_dir, name, model="gru", **train_cfg):
+    out = tmp_path / name
+    metrics = run(tiny_params(**train_cfg), model, "exp", data_dir=str(data_dir), models_dir=str(out / "models"),
+                  metrics_dir=str(out / "metrics"), live_dir=str(out / "live"), progress=False)
+    return metrics, out
+
+
+def test_same_params_give_identical_metrics_and_weights(tmp_path, data_dir):
+    m1, o1 = train(tmp_path, data_dir, "a")
+    m2, o2 = train(tmp_path, data_dir, "b")
+    keys = ("best_val_loss", "best_val_cosine", "final_val_cosine", "best_epoch", "params")
+    assert {k: m1[k] for k in keys} == {k: m2[k] for k in keys}
+    s1 = load_checkpoint(o1 / "models/exp/final.pt")["state_dict"]
+    s2 = load_checkpoint(o2 / "models/exp/final.pt")["state_dict"]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    m3, _ = train(tmp_path, data_dir, "c", seed=7)
+    assert m3["best_val_loss"] != m1["best_val_loss"]
+
+
+def test_checkpoint_is_pickle_free_and_rebuilds_the_model(tmp_path, data_dir):
+    metrics, out = train(tmp_path, data_dir, "ck", model="hierarchical_gru")
+    ckpt = torch.load(out / "models/exp/best.pt", weights_only=True)
+    assert ckpt["model_name"] == "hierarchical_gru"
+    assert ckpt["epoch"] == metrics["best_epoch"]
+    assert ckpt["metrics"]["val_cosine"] == pytest.approx(metrics["best_val_cosine"], abs=1e-6)
+    model = load_model(out / "models/exp/best.pt")
+    val = WindowDataset(data_dir / "val.npz")
+    pred = predict(model, val, batch_size=4)
+    assert pred.shape == (len(val), val.dim)
+    assert np.allclose(np.linalg.norm(pred, axis=1), 1, atol=1e-5)
+    cos = (pred * val.vectors_np[val.targets_rows()]).sum(1).mean()
+    assert cos == pytest.approx(metrics["best_val_cosine"], abs=1e-4)
+    written = (out / "metrics/train_exp.json").read_text()
+    assert '"best_val_cosine"' in written and '"train_seq_per_s"' in written
+
+
+def test_resume_continues_to_the_same_result_as_one_run(tmp_path, data_dir):
+    straight, _ = train(tmp_path, data_dir, "straight", epochs=4)
+    first, out = train(tmp_path, data_dir, "resumed", epochs=2)
+    assert first["epochs"] == 2
+    resumed = run(tiny_params(epochs=4, resume=True), "gru", "exp", data_dir=str(data_dir),
+                  models_dir=str(out / "models"), metrics_dir=str(out / "metrics"),
+                  live_dir=str(out / "live"), progress=False)
+    assert resumed["epochs"] == 4
+    assert resumed["best_val_loss"] == pytest.approx(straight["best_val_loss"], rel=1e-6)
+    assert resumed["final_val_cosine"] == pytest.approx(straight["final_val_cosine"], abs=1e-6)
+    rows = (out / "live/exp/plots/metrics/val/loss.tsv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4  # header + one row per epoch, across both runs
+
+
+@pytest.mark.parametrize("model", ["lstm", "transformer", "amn", "memory_gru"])
+def test_every_model_trains_through_the_same_loop(tmp_path, data_dir, model):
+    metrics, out = train(tmp_path, data_dir, model, model=model, epochs=1, precision="bf16")
+    assert metrics["model"] == model and np.isfinite(metrics["best_val_loss"])
+    assert (out / "models/exp/final.pt").is_file()
+
+
+@pytest.mark.parametrize("kind", ["mse", "cosine", "infonce", "mse+infonce", "cosine+infonce"])
+def test_losses_are_lower_for_the_right_answer(kind):
+    g = torch.Generator().manual_seed(0)
+    target = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
+    wrong = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
+    right = compute_loss(target, target, target, kind)
+    bad = compute_loss(wrong, wrong, target, kind)
+    assert torch.isfinite(right) and right < bad
