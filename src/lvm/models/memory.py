@@ -26,8 +26,10 @@ from .base import LatentVectorModel, check_dropout, check_int
 def content_read(query: torch.Tensor, memory: torch.Tensor, sharpness: torch.Tensor):
     """Cosine content addressing of `memory` [S, D] by `query` [..., D] -> (weights [..., S], read [..., D])."""
     scores = F.normalize(query, dim=-1) @ F.normalize(memory, dim=-1).t()
-    weights = F.softmax(sharpness * scores.float(), dim=-1)
-    return weights, weights.to(memory.dtype) @ memory
+    # softmax in the scores' dtype: under bf16 autocast the [B, L, S] tensor is the biggest in the
+    # model, and halving its bytes is worth more than fp32 weights for an averaging read
+    weights = F.softmax(sharpness * scores, dim=-1)
+    return weights, weights @ memory.to(weights.dtype)  # cast the small [S, D] side, not [..., S]
 
 
 class MemoryGRUModel(LatentVectorModel):
