@@ -65,7 +65,8 @@ DEFAULTS: dict = {
         "device": "auto",  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
         "precision": "fp32",  # fp32 | bf16 (autocast, fp32 master weights)
         "threads": 0,  # torch intra-op threads; 0 = all cores
-        "max_train_windows": 0,  # 0 = all; caps windows per epoch (seeded subsample) for quick runs
+        "window_stride": 0,  # stride of TRAINING windows inside train articles; 0 = as exported
+        "max_train_windows": 0,  # 0 = all; caps windows per epoch (a new seeded subsample each epoch)
         "resume": False,
     },
     "evaluate": {
@@ -162,7 +163,7 @@ def validate(p: dict) -> dict:
     for key in ("lr", "infonce_tau"):
         if train[key] <= 0:
             _fail(f"train.{key}", f"must be > 0, got {train[key]}")
-    for key in ("threads", "max_train_windows", "lr_patience"):
+    for key in ("threads", "window_stride", "max_train_windows", "lr_patience"):
         if train[key] < 0:
             _fail(f"train.{key}", f"must be >= 0, got {train[key]}")
     if p["ingest"]["min_words"] > p["ingest"]["max_words"] or p["ingest"]["min_words"] < 1:

@@ -50,7 +50,10 @@ def save_npz(path, compress: bool = False, **arrays) -> None:
         mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
         with zipfile.ZipFile(tmp, "w", compression=mode, allowZip64=True) as zf:
             for key, value in arrays.items():
-                with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                # A fixed timestamp keeps the bytes (and so DVC's hash) identical across reruns.
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = mode
+                with zf.open(info, "w", force_zip64=True) as f:
                     if isinstance(value, StreamedArray):
                         value.write(f)
                     else:

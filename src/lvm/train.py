@@ -146,6 +146,10 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
     device = resolve_device(cfg["device"])
     set_seed(cfg["seed"])
     train_ds, val_ds = WindowDataset(Path(data_dir) / "train.npz"), WindowDataset(Path(data_dir) / "val.npz")
+    if cfg["window_stride"]:
+        # Overlapping windows inside train articles leak nothing (splits are by article) and give
+        # every train chunk a turn as a target instead of one in (L - overlap).
+        train_ds = train_ds.restrided(cfg["window_stride"])
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise LvmError(f"{data_dir}: train or val split has no windows; lower data.context_length")
     model = create_model(model_name, input_dim=train_ds.dim, context_length=train_ds.context_length,
@@ -190,7 +194,7 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
                                        limit=cfg["max_train_windows"])
             n_batches = -(-min(len(train_ds), cfg["max_train_windows"] or len(train_ds)) // cfg["batch_size"])
             bar = tqdm(batches, total=n_batches, desc=f"{experiment} epoch {epoch + 1}/{cfg['epochs']}",
-                       leave=False, disable=not progress)
+                       leave=False, disable=not progress, mininterval=2.0)
             for _, ctx, tgt in bar:
                 ctx, tgt = ctx.to(device), tgt.to(device)
                 with autocast(device, cfg["precision"]):

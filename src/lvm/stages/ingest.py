@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -49,7 +50,8 @@ def run(p: dict, out: str = OUT, stats_path: str = STATS) -> dict:
     words = np.array([len(t.split()) for t in texts])
     lengths = np.bincount(articles)
     stats = {
-        "source": str(source), "encoder": cfg["encoder"], "precision": cfg["precision"],
+        "source": "gensim-4.4.0:" + Path(source).name if cfg["source"] == "default" else str(source),
+        "encoder": cfg["encoder"], "precision": cfg["precision"],
         "articles": len(titles), "chunks": len(texts), "vector_dim": int(vectors.shape[1]),
         "words_per_chunk_mean": round(float(words.mean()), 3),
         "chunks_per_article_median": float(np.median(lengths)),

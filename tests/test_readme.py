@@ -1,0 +1,33 @@
+"""The README's generated sections match what the code produces."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def section(name: str) -> str:
+    text = (REPO / "README.md").read_text()
+    m = re.search(f"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", text, re.S)
+    assert m, f"README has no {name} section"
+    return m.group(1).strip()
+
+
+def test_models_table_is_generated_from_the_code():
+    out = subprocess.run([sys.executable, "-m", "lvm.models", "--dim", "768", "--context", "100"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert section("models") == out
+
+
+def test_results_section_is_the_evaluate_stage_output():
+    results = REPO / "metrics" / "results.md"
+    if results.is_file():
+        assert section("results") == results.read_text().strip()
+
+
+def test_readme_first_screen_gives_the_two_setup_commands():
+    head = "\n".join((REPO / "README.md").read_text().splitlines()[:30])
+    assert "make pipeline" in head and "make test" in head
+    assert "make test" in (REPO / ".ci" / "run").read_text()
