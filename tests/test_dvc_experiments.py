@@ -77,10 +77,10 @@ def test_metrics_diff_between_commits_shows_the_changed_value(repo):
     sh(repo, "dvc", "repro", "evaluate")
     commit(repo, "second")
     after = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert after["baseline"]["test"]["cosine_mean"] != before["baseline"]["test"]["cosine_mean"]
+    assert after["gru"]["test"]["cosine_mean"] != before["gru"]["test"]["cosine_mean"]
     assert after["copy_last"] == before["copy_last"]  # baselines do not depend on the training seed
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json", stdout_only=True))
     changed = diff["metrics/evaluate.json"]
-    assert "baseline.test.cosine_mean" in changed
-    assert changed["baseline.test.cosine_mean"]["new"] == after["baseline"]["test"]["cosine_mean"]
+    assert "gru.test.cosine_mean" in changed
+    assert changed["gru.test.cosine_mean"]["new"] == after["gru"]["test"]["cosine_mean"]
     assert not any(k.startswith("copy_last.") for k in changed)

@@ -39,7 +39,7 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir):
     results = evaluate_into(trained, data_dir, readme=str(readme))
     on_disk = json.loads((trained / "metrics/evaluate.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
-    assert set(on_disk) == {"copy_last", "context_mean", "exp_decay_mean", "ridge", *EXPERIMENTS}
+    assert set(on_disk) == {"copy_last", "context_mean", "exp_decay_mean", "ridge", *EXPERIMENTS.values()}
     for name, splits in on_disk.items():
         assert set(splits) == {"val", "test"}
         for split, metrics in splits.items():

@@ -23,7 +23,9 @@ def _bars(ax, names, results, key, lo, hi, baselines, title):
     ax.axhline(0, color="black", lw=0.5)
 
 
-def make_figures(results, per_window, baselines, models, plots_dir, live_dir) -> None:
+def make_figures(results, per_window, baselines, experiments: dict, plots_dir, live_dir) -> None:
+    """`experiments` maps experiment name (dvclive folder) -> model name (key in `results`)."""
+    models = list(experiments.values())
     out = Path(plots_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(baselines) + list(models)
@@ -58,12 +60,12 @@ def make_figures(results, per_window, baselines, models, plots_dir, live_dir) ->
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for model in models:
+    for experiment, model in experiments.items():
         for ax, metric in zip(axes, ("val/cosine", "val/loss")):
-            rows = read_tsv(Path(live_dir) / model / "plots" / "metrics" / f"{metric}.tsv")
+            rows = read_tsv(Path(live_dir) / experiment / "plots" / "metrics" / f"{metric}.tsv")
             if rows:
                 ax.plot([int(r["step"]) + 1 for r in rows], [float(r[metric.split("/")[-1]]) for r in rows],
-                        marker="o", ms=3, label=model)
+                        marker="o", ms=3, label=f"{model} ({experiment})")
     for ax, metric in zip(axes, ("val cosine", "val loss")):
         ax.set_xlabel("epoch")
         ax.set_title(metric)

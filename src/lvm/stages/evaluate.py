@@ -77,12 +77,12 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     baselines = fit_baselines(cfg, datasets["train"])
     predictors = {name: (lambda ds, b=b: predict_batches(b, context_chunks(ds, cfg["batch_size"])))
                   for name, b in baselines.items()}
-    for experiment in EXPERIMENTS:
+    for experiment, model_name in EXPERIMENTS.items():  # reported under the model's name
         path = Path(models_dir) / experiment / "best.pt"
         if not path.is_file():
             raise LvmError(f"{path}: missing; run `dvc repro train_{experiment}`")
         model = load_model(path, device)
-        predictors[experiment] = (lambda ds, m=model: predict(m, ds, cfg["batch_size"], device,
+        predictors[model_name] = (lambda ds, m=model: predict(m, ds, cfg["batch_size"], device,
                                                               p["train"]["precision"]))
     for name, fn in predictors.items():
         results[name] = {}
@@ -96,13 +96,13 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
               f"{t['cosine_ci_high']:.4f}]  R@5 {t['r_at_5']:.4f}  MRR {t['mrr']:.4f}  "
               f"dir {t['directional_mean']:+.4f}")
     write_json(out_json, results)
-    table = results_table(results, list(baselines), list(EXPERIMENTS))
+    table = results_table(results, list(baselines), list(EXPERIMENTS.values()))
     write_text(out_md, table)
     if readme and Path(readme).is_file():
         splice_readme(readme, table)
     from lvm.plots import make_figures
 
-    make_figures(results, per_window, list(baselines), list(EXPERIMENTS), plots_dir, live_dir)
+    make_figures(results, per_window, list(baselines), EXPERIMENTS, plots_dir, live_dir)
     return results
 
 
