@@ -242,3 +242,57 @@ def test_memory_write_matches_explicit_updated_memory():
     # and the write actually changes what the second read returns
     p0 = F.softmax(model.log_sharpness[2].exp() * F.cosine_similarity(q[:, None, :], M[None], dim=-1), -1)
     assert not torch.allclose(read2, p0 @ M)
+
+
+# --- lvm.models.fastrnn: the CPU GRU must be nn.GRU's maths -----------------------------------
+
+def test_fast_gru_matches_nn_gru_outputs_and_gradients():
+    from lvm.models.fastrnn import gru_stack
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(12, 8, 3).double()
+    x = torch.randn(7, 3, 12, dtype=torch.double, requires_grad=True)
+    y_ref, h_ref = gru(x)
+    y, h = gru_stack(gru, x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-12)
+    with torch.no_grad():  # the no-graph path (eval) skips the backward's factors: same outputs
+        torch.testing.assert_close(gru_stack(gru, x)[0], y_ref, rtol=0, atol=1e-12)
+    w = torch.randn_like(y_ref)
+    loss_ref = (y_ref * w).sum() + h_ref.square().sum()
+    loss = (y * w).sum() + h.square().sum()
+    for a, b in zip(torch.autograd.grad(loss_ref, [x, *gru.parameters()]),
+                    torch.autograd.grad(loss, [x, *gru.parameters()])):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+
+
+def test_fast_gru_bf16_autocast_is_close_and_returns_float32_grads():
+    from lvm.models.fastrnn import gru_stack
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(16, 16, 2)
+    x = torch.randn(20, 4, 16)
+    y_ref, _ = gru(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = gru_stack(gru, x)
+    assert y.dtype == torch.float32  # the state stays float32 under autocast
+    assert (y - y_ref).abs().max() < 0.03
+    y[-1].sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in gru.parameters())
+
+
+@pytest.mark.parametrize("name", ["gru", "hierarchical_gru", "memory_gru"])
+def test_fast_gru_path_matches_nn_gru_path(name, monkeypatch):
+    from lvm.models import fastrnn
+    model = small(name).train()
+    x = batch()
+    target = torch.randn(B, D)
+    grads = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fastrnn, "ENABLED", enabled)
+        model.zero_grad()
+        _, raw = model(x, return_raw=True)
+        F.mse_loss(raw, target).backward()
+        grads.append((raw.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (raw0, g0), (raw1, g1) = grads
+    torch.testing.assert_close(raw1, raw0, rtol=1e-5, atol=1e-5)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-5, msg=n)

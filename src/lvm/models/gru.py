@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from .base import LatentVectorModel, check_dropout, check_int
+from .fastrnn import gru_stack, use_fast_path
 
 
 class GRUModel(LatentVectorModel):
@@ -26,9 +27,21 @@ class GRUModel(LatentVectorModel):
         self.head = nn.Linear(hidden_dim, input_dim)
 
     def predict_raw(self, context: torch.Tensor) -> torch.Tensor:
+        if use_fast_path(self.grus[0], context):
+            return self._predict_fast(context)
         x = self.inp(context)
         for gru, norm in zip(self.grus, self.norms):
             # the layer above needs every step; only the last step of the top layer is read out
             y, _ = gru(x)
             x = norm(x + self.drop(y))
         return self.head(x[:, -1])
+
+    def _predict_fast(self, context: torch.Tensor) -> torch.Tensor:
+        """CPU path: the same maths time-major ([L, B, H], so each step is a contiguous block) with
+        lvm.models.fastrnn's GRU; the top layer's residual + norm only for the step read out."""
+        x = self.inp(context.transpose(0, 1))
+        last = len(self.grus) - 1
+        for i, (gru, norm) in enumerate(zip(self.grus, self.norms)):
+            y, _ = gru_stack(gru, x)
+            x = norm(x[-1] + self.drop(y[-1])) if i == last else norm(x + self.drop(y))
+        return self.head(x)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import LatentVectorModel, check_dropout, check_int
+from .fastrnn import gru_stack, use_fast_path
 
 
 def content_read(query: torch.Tensor, memory: torch.Tensor, sharpness: torch.Tensor):
@@ -68,9 +69,15 @@ class MemoryGRUModel(LatentVectorModel):
         return content_read(self.read_query(context), self.memory, self.log_sharpness[0].exp())
 
     def predict_raw(self, context: torch.Tensor) -> torch.Tensor:
-        _, read = self.first_read(context)
-        # GRU input in the read's dtype: bf16 under autocast, which saves a cast per step inside the GRU
-        _, h_n = self.gru(torch.cat([context.to(read.dtype), read], dim=-1))
+        if use_fast_path(self.gru, context):
+            # time-major for lvm.models.fastrnn (reads are per vector, so the layout is free)
+            ctx_tm = context.transpose(0, 1)
+            _, read = self.first_read(ctx_tm)
+            _, h_n = gru_stack(self.gru, torch.cat([ctx_tm.to(read.dtype), read], dim=-1))
+        else:
+            _, read = self.first_read(context)
+            # GRU input in the read's dtype: bf16 under autocast, which saves a cast per step inside the GRU
+            _, h_n = self.gru(torch.cat([context.to(read.dtype), read], dim=-1))
         h = self.drop(h_n[-1].float())  # [B, H]
 
         # The write and second read touch only [B, S] and [B, D] tensors: cheap, so keep them in
