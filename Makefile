@@ -27,3 +27,6 @@ test: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+bench: install
+	$(BIN)/python bench/throughput.py --repeats 3
