@@ -4,7 +4,6 @@ import torch
 import torch.nn as nn
 
 from .base import LatentVectorModel, check_dropout, check_int
-from .fastrnn import gru_stack, use_fast_path
 
 
 class HierarchicalGRUModel(LatentVectorModel):
@@ -46,12 +45,9 @@ class HierarchicalGRUModel(LatentVectorModel):
             raise ValueError(f"model.chunk_size ({self.chunk_size}) must divide the context length ({L}); "
                              f"set data.context_length to a multiple of it")
         n = L // self.chunk_size
-        if use_fast_path(self.local, context):
-            # time-major for lvm.models.fastrnn: [chunk, B*n, D], then [n, B, H]
-            _, h_local = gru_stack(self.local, context.reshape(B * n, self.chunk_size, D).transpose(0, 1))
-            _, h_glob = gru_stack(self.glob, h_local[-1].view(B, n, -1).transpose(0, 1))
-            return self.head(h_glob[-1]) + self.skip(context[:, -1])
-        # every chunk of every sample in one batched GRU call: [B*n, chunk, D]
+        # every chunk of every sample in one batched GRU call: [B*n, chunk, D]. nn.GRU, not
+        # lvm.models.fastrnn: with sequences this short (chunk_size, then L/chunk_size steps) the fused
+        # kernel is 1.07x faster than the custom scan under bf16 (bench/throughput.py ablation).
         _, h_local = self.local(context.reshape(B * n, self.chunk_size, D))
         summaries = h_local[-1].view(B, n, -1)
         _, h_glob = self.glob(summaries)
