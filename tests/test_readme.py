@@ -31,3 +31,9 @@ def test_readme_first_screen_gives_the_two_setup_commands():
     head = "\n".join((REPO / "README.md").read_text().splitlines()[:30])
     assert "make pipeline" in head and "make test" in head
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_performance_sections_are_the_benchmark_output():
+    # bench/throughput.py --readme-section perf|gpu writes them; a hand edit or a stale table fails here
+    for name, md in (("perf", "throughput.md"), ("gpu", "throughput_cuda.md")):
+        assert section(name) == (REPO / "bench" / "results" / md).read_text().strip()
