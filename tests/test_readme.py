@@ -31,3 +31,9 @@ def test_readme_first_screen_gives_the_two_setup_commands():
     head = "\n".join((REPO / "README.md").read_text().splitlines()[:30])
     assert "make pipeline" in head and "make test" in head
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_out_of_core_section_is_the_benchmark_output():
+    results = REPO / "bench" / "results" / "out_of_core.md"
+    assert results.is_file(), "run bench/out_of_core.py"
+    assert section("ooc") == results.read_text().strip()
