@@ -78,6 +78,10 @@ def test_unknown_keys_and_wrong_types_are_named(tmp_path, given, key):
     ({"model": {"hidden_dim": 500}}, "model.transformer_heads"),
     ({"model": {"dropout": 1.0}}, "model.dropout"),
     ({"evaluate": {"ridge_k": 101}}, "evaluate.ridge_k"),
+    ({"train": {"nproc": 0}}, "train.nproc"),
+    ({"train": {"nproc": 3}}, "train.batch_size"),  # 32 is not divisible by 3
+    ({"train": {"mmap": "yes"}}, "train.mmap"),
+    ({"train": {"mmap": 1}}, "train.mmap"),
 ])
 def test_bad_values_are_named(tmp_path, given, key):
     with pytest.raises(LvmError, match=r"^params: " + key.replace(".", r"\.") + ":"):
@@ -90,6 +94,9 @@ def test_bad_values_are_named(tmp_path, given, key):
     {"data": {"context_length": 20}, "model": {"chunk_size": 5}, "export": {"overlap": 19}},
     {"export": {"split": {"train": 0.9, "val": 0.0, "test": 0.1}}},
     {"train": {"device": "cuda:1"}},
+    {"train": {"nproc": 4, "batch_size": 64, "mmap": True}},
+    {"train": {"mmap": False}},
+    {"train": {"mmap": "auto"}},
     {"data": {"context_length": 1, "stream_block": 2}, "model": {"chunk_size": 1},
      "evaluate": {"ridge_k": 1}, "export": {"overlap": 0}},
 ])

@@ -37,3 +37,9 @@ def test_performance_sections_are_the_benchmark_output():
     # bench/throughput.py --readme-section perf|gpu writes them; a hand edit or a stale table fails here
     for name, md in (("perf", "throughput.md"), ("gpu", "throughput_cuda.md")):
         assert section(name) == (REPO / "bench" / "results" / md).read_text().strip()
+
+
+def test_out_of_core_section_is_the_benchmark_output():
+    results = REPO / "bench" / "results" / "out_of_core.md"
+    assert results.is_file(), "run bench/out_of_core.py"
+    assert section("ooc") == results.read_text().strip()

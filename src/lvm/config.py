@@ -69,6 +69,8 @@ DEFAULTS: dict = {
         "window_stride": 0,  # stride of TRAINING windows inside train articles; 0 = as exported
         "max_train_windows": 0,  # 0 = all; caps windows per epoch (a new seeded subsample each epoch)
         "resume": False,
+        "nproc": 1,  # processes on this node; > 1 relaunches `python -m lvm.train` through torchrun (DDP)
+        "mmap": "auto",  # read split vectors through a memory map: auto | true | false (see README)
     },
     "evaluate": {
         "n_boot": 1000,
@@ -83,6 +85,9 @@ CHOICES = {
     ("train", "loss"): ("mse", "cosine", "infonce", "mse+infonce", "cosine+infonce"),
     ("train", "precision"): ("fp32", "bf16"),
 }
+
+# String params that also take true/false (YAML turns a bare true/false into a boolean).
+BOOL_OR_STR = {"train.mmap"}
 
 
 def _fail(key: str, msg: str):
@@ -117,6 +122,8 @@ def _coerce(name: str, default, value):
             _fail(name, f"expected a number, got {value!r}")
         value = float(value)
     elif isinstance(default, str):
+        if name in BOOL_OR_STR and isinstance(value, bool):
+            return value
         if not isinstance(value, str):
             _fail(name, f"expected a string, got {value!r}")
     return value
@@ -167,6 +174,13 @@ def validate(p: dict) -> dict:
     for key in ("threads", "window_stride", "max_train_windows", "lr_patience"):
         if train[key] < 0:
             _fail(f"train.{key}", f"must be >= 0, got {train[key]}")
+    if train["nproc"] < 1:
+        _fail("train.nproc", f"must be >= 1, got {train['nproc']}")
+    if train["batch_size"] % train["nproc"]:
+        _fail("train.batch_size", f"must be divisible by train.nproc ({train['nproc']}): the global batch "
+              f"is split evenly over the processes; got {train['batch_size']}")
+    if train["mmap"] not in ("auto", True, False):
+        _fail("train.mmap", f"must be auto, true or false; got {train['mmap']!r}")
     if p["ingest"]["min_words"] > p["ingest"]["max_words"] or p["ingest"]["min_words"] < 1:
         _fail("ingest.min_words", "must be between 1 and ingest.max_words")
     if p["evaluate"]["ridge_k"] < 1 or p["evaluate"]["ridge_k"] > L:

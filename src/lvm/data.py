@@ -221,6 +221,23 @@ def coherence(corpus: Corpus) -> tuple[float, float]:
     return round(mean, 6), round(float(np.sqrt(max(total_sq / count - mean ** 2, 0.0))), 6)
 
 
+MMAP_RAM_FRACTION = 0.25  # train.mmap auto: map the vectors when copies would take > 1/4 of RAM
+
+
+def should_mmap(path, setting, processes: int = 1) -> bool:
+    """train.mmap: true/false as given; auto maps a split whose vectors, copied once per process on
+    this node, would take more than MMAP_RAM_FRACTION of physical memory."""
+    if setting != "auto":
+        return bool(setting)
+    import os
+
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: be safe and map
+        return True
+    return Path(path).stat().st_size * max(processes, 1) > MMAP_RAM_FRACTION * ram
+
+
 class WindowDataset:
     """Windows of one split, gathered on the fly from the split's vectors (no [n, L, D] copy).
 
@@ -302,8 +319,16 @@ class WindowDataset:
         other.context_vectors = self.vectors.to(dtype)
         return other
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, limit: int = 0):
-        """Yield (indices, contexts, targets). `limit` > 0 takes a seeded subsample of that many windows."""
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, limit: int = 0,
+                rank: int = 0, world: int = 1):
+        """Yield (indices, contexts, targets). `limit` > 0 takes a seeded subsample of that many windows.
+
+        With `world` > 1 (data-parallel training) every process draws the same seeded order and cuts
+        the same global batches of `batch_size`; each global batch is split into `world` near-equal
+        contiguous parts and process `rank` gets its part. So the ranks' k-th batches together are
+        exactly the single-process k-th batch, whatever the number of processes. Every rank yields the
+        same number of batches; a part can be empty when the last global batch has < `world` windows.
+        """
         n = len(self)
         rng = np.random.default_rng(seed)
         order = rng.permutation(n) if shuffle or (limit and limit < n) else np.arange(n)
@@ -311,6 +336,8 @@ class WindowDataset:
             order = order[:limit] if shuffle else np.sort(order[:limit])
         for a in range(0, order.size, batch_size):
             idx = order[a:a + batch_size]
+            if world > 1:
+                idx = np.array_split(idx, world)[rank]
             yield (idx, *self.batch(idx))
 
     def restrided(self, stride: int) -> "WindowDataset":

@@ -2,6 +2,11 @@
 
     python -m lvm.train --model lstm --experiment lstm     # any of the six models
     dvc repro train_baseline                              # the stages call the same run()
+
+The same loop runs data-parallel (DistributedDataParallel) when started by torchrun, or when
+train.nproc > 1 (it then relaunches itself through torchrun on this node):
+
+    torchrun --nproc-per-node 4 -m lvm.train --model gru --experiment baseline
 """
 from __future__ import annotations
 
@@ -10,19 +15,21 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from lvm import LvmError
 from lvm.cli import stage
 from lvm.config import load_params
-from lvm.data import WindowDataset
+from lvm.data import WindowDataset, should_mmap
 from lvm.io import atomic_path, write_json
 from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
 
@@ -56,8 +63,9 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def set_threads(threads: int) -> None:
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+def set_threads(threads: int, processes: int = 1) -> None:
+    """`threads` intra-op threads (0 = the cores shared evenly by this node's `processes`)."""
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(processes, 1)))
     torch.set_flush_denormal(True)  # denormal floats (tiny gradients) run 10-100x slower on CPUs
     tune_malloc()
 
@@ -127,10 +135,14 @@ def predict(model, dataset: WindowDataset, batch_size: int = 256, device=None,
 
 
 @torch.no_grad()
-def validate(model, dataset, cfg, device) -> dict:
+def validate(model, dataset, cfg, device, rank: int = 0, world: int = 1) -> dict:
+    """Mean val loss and cosine. Under DDP each rank scores its share of every batch and the sums are
+    all-reduced (then broadcast from rank 0), so every rank takes the same LR / best-checkpoint step."""
     model.eval()
     total_loss, total_cos, n = 0.0, 0.0, 0
-    for _, ctx, tgt in dataset.batches(max(cfg["batch_size"], 256)):
+    for _, ctx, tgt in dataset.batches(max(cfg["batch_size"], 256) * world, rank=rank, world=world):
+        if not len(tgt):
+            continue
         ctx, tgt = ctx.to(device), tgt.to(device)
         with autocast(device, cfg["precision"]):
             pred, raw = model(ctx, return_raw=True)
@@ -138,7 +150,37 @@ def validate(model, dataset, cfg, device) -> dict:
         total_loss += loss.item() * len(tgt)
         total_cos += F.cosine_similarity(pred.float(), tgt, dim=-1).sum().item()
         n += len(tgt)
+    if world > 1:
+        total_loss, total_cos, n = all_sum(device, total_loss, total_cos, n)
     return {"loss": total_loss / n, "cosine": total_cos / n}
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the environment torchrun sets; (0, 0, 1) otherwise."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 0, 1
+    return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
+
+
+def all_sum(device, *values) -> list:
+    """Sum plain numbers over all ranks (float64); every rank gets rank 0's copy of the result."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    dist.broadcast(t, 0)
+    return t.tolist()
+
+
+def init_distributed(device: torch.device, local_rank: int) -> torch.device:
+    """Join torchrun's process group: nccl on CUDA (one GPU per local rank), gloo on CPU."""
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise LvmError(f"params: train.device: {device.type} does not support multi-process training; "
+                       "use cpu or cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def save_checkpoint(path, model, epoch: int, metrics: dict, **extra) -> None:
@@ -168,15 +210,34 @@ def load_model(path, device="cpu"):
 def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
         models_dir: str = "models", metrics_dir: str = "metrics", live_dir: str = "dvclive",
         progress: bool = True) -> dict:
-    from dvclive import Live
-
     if model_name not in MODEL_NAMES:
         raise LvmError(f"--model: unknown model {model_name!r} (choose {', '.join(MODEL_NAMES)})")
     cfg = p["train"]
-    set_threads(cfg["threads"])
+    rank, local_rank, world = dist_env()
+    if cfg["batch_size"] % world:
+        raise LvmError(f"params: train.batch_size: {cfg['batch_size']} is not divisible by the "
+                       f"{world} processes (the global batch is split evenly over them)")
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    set_threads(cfg["threads"], local_procs)
     device = resolve_device(cfg["device"])
+    if world > 1:
+        device = init_distributed(device, local_rank)
+    try:
+        return _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, live_dir,
+                      progress, device, rank, world, local_procs)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, live_dir, progress,
+           device, rank, world, local_procs) -> dict:
+    from dvclive import Live
+
+    main = rank == 0  # only rank 0 logs, prints, writes checkpoints and metrics
     set_seed(cfg["seed"])
-    train_ds, val_ds = WindowDataset(Path(data_dir) / "train.npz"), WindowDataset(Path(data_dir) / "val.npz")
+    train_ds, val_ds = (WindowDataset(path, mmap=should_mmap(path, cfg["mmap"], local_procs))
+                        for path in (Path(data_dir) / "train.npz", Path(data_dir) / "val.npz"))
     if cfg["window_stride"]:
         # Overlapping windows inside train articles leak nothing (splits are by article) and give
         # every train chunk a turn as a target instead of one in (L - overlap).
@@ -189,6 +250,8 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
         # autocast rounds the model's context inputs to bf16 anyway; a bf16 table halves the bytes gathered
         train_ds = train_ds.with_context_dtype(torch.bfloat16)
     n_params = count_parameters(model)
+    if rank:  # same initial weights on every rank (seeded above); distinct dropout draws
+        torch.manual_seed(cfg["seed"] + 1000003 * rank)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["lr_factor"], patience=cfg["lr_patience"])
     out = Path(models_dir) / experiment
@@ -202,12 +265,23 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"])
+        if not rank:
+            torch.set_rng_state(ckpt["rng"])
         history, best = ckpt["history"], ckpt["best"]
         start_epoch, train_seconds, seen = ckpt["epoch"], ckpt["train_seconds"], ckpt["seen"]
-        print(f"{experiment}: resuming {model_name} after epoch {start_epoch} from {last_path}")
-    elif not cfg["resume"]:
+        if main:
+            print(f"{experiment}: resuming {model_name} after epoch {start_epoch} from {last_path}")
+    elif not cfg["resume"] and main:
         last_path.unlink(missing_ok=True)
+    if world > 1:  # every rank must start from the same epoch (multi-node: models/ on shared storage)
+        total, squares = all_sum(device, start_epoch, start_epoch ** 2)  # also a barrier before rank 0
+        if squares * world != total * total:                              # may overwrite last.pt
+            raise LvmError(f"{last_path}: train.resume found different checkpoints on different ranks; "
+                           "every node must see the same models/ directory")
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        ddp = model
 
     def save_last(epoch):
         save_checkpoint(last_path, model, epoch, history[-1] if history else {}, optimizer=opt.state_dict(),
@@ -215,60 +289,76 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
                         best=best, train_seconds=train_seconds, seen=seen)
 
     live = Live(str(Path(live_dir) / experiment), dvcyaml=False, save_dvc_exp=False,
-                resume=bool(cfg["resume"] and start_epoch > 0), report=None)
-    print(f"{experiment}: {model_name}, {n_params:,} params, {len(train_ds)} train / {len(val_ds)} val "
-          f"windows, L={train_ds.context_length}, D={train_ds.dim}, {device}, {cfg['precision']}, "
-          f"loss {cfg['loss']}")
+                resume=bool(cfg["resume"] and start_epoch > 0), report=None) if main else None
+    if main:
+        print(f"{experiment}: {model_name}, {n_params:,} params, {len(train_ds)} train / {len(val_ds)} val "
+              f"windows, L={train_ds.context_length}, D={train_ds.dim}, {device}, {cfg['precision']}, "
+              f"loss {cfg['loss']}" + (f", {world} processes (DDP)" if world > 1 else "")
+              + (", vectors memory-mapped" if train_ds.vectors is None else ""))
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
-            model.train()
+            ddp.train()
             t0, total, n = time.perf_counter(), 0.0, 0
+            n_epoch = min(len(train_ds), cfg["max_train_windows"] or len(train_ds))
+            # The same seeded windows and global batches for any number of processes (see batches()).
             batches = train_ds.batches(cfg["batch_size"], shuffle=True, seed=cfg["seed"] * 1000 + epoch,
-                                       limit=cfg["max_train_windows"])
-            n_batches = -(-min(len(train_ds), cfg["max_train_windows"] or len(train_ds)) // cfg["batch_size"])
-            bar = tqdm(batches, total=n_batches, desc=f"{experiment} epoch {epoch + 1}/{cfg['epochs']}",
-                       leave=False, disable=not progress, mininterval=2.0)
-            for _, ctx, tgt in bar:
+                                       limit=cfg["max_train_windows"], rank=rank, world=world)
+            bar = tqdm(batches, total=-(-n_epoch // cfg["batch_size"]), leave=False, mininterval=2.0,
+                       desc=f"{experiment} epoch {epoch + 1}/{cfg['epochs']}", disable=not (progress and main))
+            for k, (_, ctx, tgt) in enumerate(bar):
+                # This rank's share of the global batch: DDP averages gradients over ranks, so the
+                # loss is weighted by share * world / global size to give the global batch's mean
+                # (1 unless the last batch splits unevenly). An empty share runs one window at weight 0.
+                size = min(cfg["batch_size"], n_epoch - k * cfg["batch_size"])
+                weight = len(tgt) * world / size
+                if not len(tgt):
+                    ctx, tgt = train_ds.batch([0])
                 ctx, tgt = ctx.to(device), tgt.to(device)
                 with autocast(device, cfg["precision"]):
-                    pred, raw = model(ctx, return_raw=True)
+                    pred, raw = ddp(ctx, return_raw=True)
                 loss = compute_loss(pred, raw, tgt, cfg["loss"], cfg["infonce_tau"], cfg["infonce_weight"])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * weight if weight != 1 else loss).backward()
                 if cfg["grad_clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
                 opt.step()
-                total += loss.item() * len(tgt)
-                n += len(tgt)
-                bar.set_postfix(loss=f"{total / n:.4f}")
+                if weight:
+                    total += loss.item() * len(tgt)
+                    n += len(tgt)
+                bar.set_postfix(loss=f"{total / max(n, 1):.4f}")
+            if world > 1:
+                total, n = all_sum(device, total, n)
+                n = int(n)
             epoch_seconds = time.perf_counter() - t0
             train_seconds += epoch_seconds
             seen += n
-            val = validate(model, val_ds, cfg, device)
+            val = validate(model, val_ds, cfg, device, rank, world)
             sched.step(val["loss"])
             lr = opt.param_groups[0]["lr"]
             row = {"epoch": epoch + 1, "train_loss": total / n, "val_loss": val["loss"],
                    "val_cosine": val["cosine"], "lr": lr, "seconds": epoch_seconds}
             history.append(row)
-            for key in ("train_loss", "val_loss", "val_cosine", "lr"):
-                live.log_metric(key.replace("_", "/", 1) if key != "lr" else "lr", row[key])
-            live.next_step()
             improved = val["loss"] < best["loss"]
             if improved:
                 best = {"loss": val["loss"], "cosine": val["cosine"], "epoch": epoch + 1}
+            if not main:
+                continue
+            for key in ("train_loss", "val_loss", "val_cosine", "lr"):
+                live.log_metric(key.replace("_", "/", 1) if key != "lr" else "lr", row[key])
+            live.next_step()
+            if improved:
                 save_checkpoint(out / "best.pt", model, epoch + 1, row)
             print(f"{experiment} epoch {epoch + 1:3d}/{cfg['epochs']}: train {row['train_loss']:.5f}  "
                   f"val {val['loss']:.5f}  val cos {val['cosine']:.4f}  lr {lr:.1e}  "
                   f"{n / epoch_seconds:.0f} seq/s{'  *best' if improved else ''}")
             save_last(epoch + 1)
     except KeyboardInterrupt:
-        print(f"\n{experiment}: interrupted; progress up to epoch {epoch} saved in {last_path} "
-              "(rerun with train.resume: true to continue)")
-        live.end()
+        if main:
+            print(f"\n{experiment}: interrupted; progress up to epoch {epoch} saved in {last_path} "
+                  "(rerun with train.resume: true to continue)")
+            live.end()
         raise SystemExit(128 + signal.SIGINT)
-    live.end()
-    save_checkpoint(out / "final.pt", model, cfg["epochs"], history[-1] if history else {})
     metrics = {
         "model": model_name, "params": n_params, "epochs": len(history),
         "best_epoch": best["epoch"], "best_val_loss": round(best["loss"], 6),
@@ -277,8 +367,12 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
         "train_windows": len(train_ds), "val_windows": len(val_ds),
         "wall_seconds": round(train_seconds, 1),
         "train_seq_per_s": round(seen / train_seconds, 1) if train_seconds else None,
-        "device": str(device), "precision": cfg["precision"],
+        "device": str(device), "precision": cfg["precision"], "processes": world,
     }
+    if not main:
+        return metrics
+    live.end()
+    save_checkpoint(out / "final.pt", model, cfg["epochs"], history[-1] if history else {})
     write_json(Path(metrics_dir) / f"train_{experiment}.json", metrics)
     return metrics
 
@@ -291,7 +385,24 @@ def main(argv=None):
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    run(load_params(args.params), args.model, args.experiment or args.model, progress=not args.no_progress)
+    p = load_params(args.params)
+    nproc = p["train"]["nproc"]
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: relaunch through it
+        for split in ("train", "val"):  # bad input fails here with one error line, before any launch
+            WindowDataset(Path(DATA_DIR) / f"{split}.npz", mmap=True)
+        sys.exit(launch(nproc, p["train"]["threads"], sys.argv[1:] if argv is None else argv))
+    run(p, args.model, args.experiment or args.model, progress=not args.no_progress)
+
+
+def launch(nproc: int, threads: int, argv: list[str]) -> int:
+    """Run `python -m lvm.train ARGV` as `nproc` DDP processes on this node (torchrun --standalone)."""
+    env = dict(os.environ)
+    # torchrun would set 1 thread per process (with a warning); share the cores out instead.
+    env.setdefault("OMP_NUM_THREADS", str(threads or max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "lvm.train", *argv]
+    print(f"train.nproc={nproc}: {' '.join(cmd[2:])}", flush=True)
+    return subprocess.run(cmd, env=env).returncode
 
 
 if __name__ == "__main__":
