@@ -84,3 +84,11 @@ def test_metrics_diff_between_commits_shows_the_changed_value(repo):
     assert "gru.test.cosine_mean" in changed
     assert changed["gru.test.cosine_mean"]["new"] == after["gru"]["test"]["cosine_mean"]
     assert not any(k.startswith("copy_last.") for k in changed)
+
+
+def test_every_stage_imports_the_workspace_code():
+    # `dvc exp run --queue` runs stages in temporary copies of the repo; the editable install points at
+    # the main checkout's src/, so without PYTHONPATH=src a queued experiment would run the live code,
+    # not the code it was queued with
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert all(s["cmd"].startswith("PYTHONPATH=src python -m lvm.") for s in stages.values())
