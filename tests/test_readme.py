@@ -31,3 +31,10 @@ def test_readme_first_screen_gives_the_two_setup_commands():
     head = "\n".join((REPO / "README.md").read_text().splitlines()[:30])
     assert "make pipeline" in head and "make test" in head
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_analysis_and_sweep_sections_are_the_generated_files():
+    for name, path in (("analysis", "metrics/analysis.md"), ("sweep", "metrics/context_sweep.md")):
+        generated = REPO / path
+        if generated.is_file():
+            assert section(name) == generated.read_text().strip()
