@@ -121,7 +121,7 @@ def hierarchy_figure(sal: dict, path) -> None:
     pos = np.asarray(sal["position_share"])
     axes[0].plot(np.arange(-L, 0), pos, color=MODEL_COLOR, marker=".", ms=3)
     axes[0].set_yscale("log")
-    axes[0].set_xlabel("context position (−1 = last chunk before the target)")
+    axes[0].set_xlabel("context position (−1 = the vector just before the target)")
     axes[0].set_ylabel("share of ||d cos(pred, next) / d x_t||")
     axes[0].set_title("per position (mean share per window)", fontsize=9)
     n = sal["n_chunks"]
@@ -129,12 +129,13 @@ def hierarchy_figure(sal: dict, path) -> None:
     labels = [f"{i + 1}" for i in range(n)]
     axes[1].bar(x - 0.2, sal["chunk_share"], width=0.4, color=MODEL_COLOR, label="gradient-norm share")
     ax2 = axes[1].twinx()
-    ax2.bar(x + 0.2, sal["chunk_grad_x_input"], width=0.4, color="#ff7f0e", label="grad × input (signed)")
+    ax2.bar(x + 0.2, sal["chunk_grad_x_input"], width=0.4, color="#ff7f0e",
+            label="grad × input: first-order change of the cosine if the chunk were zeroed")
     ax2.axhline(0, color="black", lw=0.5)
     axes[1].set_xticks(x, labels)
     axes[1].set_xlabel(f"chunk of {sal['chunk_size']} vectors (1 = oldest, {n} = most recent)")
     axes[1].set_ylabel("gradient-norm share")
-    ax2.set_ylabel("grad × input (first-order effect of zeroing the chunk on cosine)")
+    ax2.set_ylabel("grad × input (signed)")
     handles = axes[1].get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     axes[1].legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
     fig.suptitle(f"hierarchical_gru: saliency of cos(prediction, true next) on {sal['windows']} test windows")

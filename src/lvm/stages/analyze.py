@@ -67,7 +67,7 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_memor
                             "window, averaged; grad_x_input = sum over the chunk of g_t . x_t, averaged",
                  **{k: v for k, v in sal.items() if not isinstance(v, np.ndarray)},
                  "chunk_share": [round(float(x), 5) for x in sal["chunk_share"]],
-                 "chunk_grad_x_input": [round(float(x), 5) for x in sal["chunk_grad_x_input"]],
+                 "chunk_grad_x_input": [float(f"{x:.4g}") for x in sal["chunk_grad_x_input"]],
                  "last_vector_share": round(float(sal["position_share"][-1]), 5),
                  "position_share": [round(float(x), 6) for x in sal["position_share"]]}
     hierarchy["mean_cosine"] = round(hierarchy["mean_cosine"], 5)
@@ -105,7 +105,7 @@ def summary_markdown(memory: dict, hierarchy: dict) -> str:
         lines.append(f"| {t['slot']} | {t['mass_share']:.4f} | {t['top1_reads']:,} | {near} |")
     h = hierarchy
     shares = ", ".join(f"{x:.3f}" for x in h["chunk_share"])
-    gxi = ", ".join(f"{x:+.3f}" for x in h["chunk_grad_x_input"])
+    gxi = ", ".join(f"{x:+.1e}" for x in h["chunk_grad_x_input"])
     lines += [
         "",
         f"**hierarchical_gru chunk saliency** (`plots/hierarchy_saliency.png`, `metrics/hierarchy_saliency.json`): "
