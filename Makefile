@@ -29,4 +29,4 @@ clean-venv:
 	rm -rf $(VENV)
 
 bench: install
-	$(BIN)/python bench/throughput.py --repeats 3
+	$(BIN)/python bench/throughput.py --repeats 3 --readme-section perf

@@ -147,15 +147,21 @@ def run_export(inp: Path, out_dir: Path, context: int, overlap: int) -> dict:
     return res
 
 
-def loader_bench(path: Path, batch_sizes, seconds: float, repeats: int, mmap: bool) -> dict:
+def loader_bench(path: Path, batch_sizes, seconds: float, repeats: int, mmap: bool, context_dtype=None) -> dict:
+    """Shuffled WindowDataset.batch calls; `context_dtype` (e.g. torch.bfloat16) gathers contexts from a
+    table of that dtype, as lvm.train does for bf16 training (train.bf16_contexts)."""
     import torch
 
     from lvm.data import WindowDataset
 
     t0 = time.perf_counter()
     ds = WindowDataset(path, mmap=mmap)
+    if context_dtype is not None:
+        ds = ds.with_context_dtype(context_dtype)
     t_open = time.perf_counter() - t0
-    out = {"seconds_open": round(t_open, 2), "windows": len(ds), "torch_threads": torch.get_num_threads()}
+    bytes_per_value = torch.empty(0, dtype=ds.context_vectors.dtype).element_size() if ds.vectors is not None else 4
+    out = {"seconds_open": round(t_open, 2), "windows": len(ds), "torch_threads": torch.get_num_threads(),
+           "context_dtype": str(ds.context_vectors.dtype if ds.vectors is not None else "float32")}
     rng = np.random.default_rng(0)
     for bs in batch_sizes:
         rates = []
@@ -171,7 +177,7 @@ def loader_bench(path: Path, batch_sizes, seconds: float, repeats: int, mmap: bo
             rates.append(done / (time.perf_counter() - t0))
         med = statistics.median(rates)
         out[f"batch_{bs}"] = {"windows_per_s_median": round(med, 1), "windows_per_s_runs": [round(x, 1) for x in rates],
-                              "gib_per_s_gathered": round(med * ds.context_length * ds.dim * 4 / GIB, 2)}
+                              "gib_per_s_gathered": round(med * ds.context_length * ds.dim * bytes_per_value / GIB, 2)}
     del ds
     return out
 

@@ -38,3 +38,9 @@ def test_analysis_and_sweep_sections_are_the_generated_files():
         generated = REPO / path
         if generated.is_file():
             assert section(name) == generated.read_text().strip()
+
+
+def test_performance_sections_are_the_benchmark_output():
+    # bench/throughput.py --readme-section perf|gpu writes them; a hand edit or a stale table fails here
+    for name, md in (("perf", "throughput.md"), ("gpu", "throughput_cuda.md")):
+        assert section(name) == (REPO / "bench" / "results" / md).read_text().strip()

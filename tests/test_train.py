@@ -100,3 +100,36 @@ def test_losses_are_lower_for_the_right_answer(kind):
     right = compute_loss(target, target, target, kind)
     bad = compute_loss(wrong, wrong, target, kind)
     assert torch.isfinite(right) and right < bad
+
+
+@pytest.mark.parametrize("model", ["gru", "lstm", "transformer", "hierarchical_gru", "memory_gru"])
+def test_bf16_context_table_changes_nothing_under_bf16_autocast(tmp_path, data_dir, model):
+    # autocast rounds these models' context inputs to bf16 before any use, so gathering them from a
+    # bf16 table must give bit-identical training; a model that used fp32 context values would differ
+    # (hierarchical_gru's nn.GRUs run in their input's dtype on CPU, so it opts out: BF16_CONTEXTS)
+    m1, o1 = train(tmp_path, data_dir, "f32", model=model, precision="bf16", bf16_contexts=False)
+    m2, o2 = train(tmp_path, data_dir, "b16", model=model, precision="bf16", bf16_contexts=True)
+    assert m1["best_val_cosine"] == m2["best_val_cosine"]
+    s1 = load_checkpoint(o1 / "models/exp/final.pt")["state_dict"]
+    s2 = load_checkpoint(o2 / "models/exp/final.pt")["state_dict"]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_bf16_context_table_halves_the_gathered_bytes(data_dir):
+    ds = WindowDataset(data_dir / "train.npz")
+    half = ds.with_context_dtype(torch.bfloat16)
+    ctx, tgt = ds.batch([0, 2])
+    ctx16, tgt16 = half.batch([0, 2])
+    assert ctx16.dtype == torch.bfloat16 and tgt16.dtype == torch.float32
+    assert torch.equal(ctx16, ctx.to(torch.bfloat16)) and torch.equal(tgt16, tgt)
+    assert ds.batch([0])[0].dtype == torch.float32  # the original dataset is untouched
+    mapped = WindowDataset(data_dir / "train.npz", mmap=True)
+    assert mapped.with_context_dtype(torch.bfloat16) is mapped  # no in-memory copy of a memory map
+
+
+def test_bf16_context_table_barely_moves_amn(tmp_path, data_dir):
+    # amn averages its raw context (in fp32): bf16-rounded inputs change it by rounding noise only
+    m1, _ = train(tmp_path, data_dir, "f32", model="amn", precision="bf16", bf16_contexts=False)
+    m2, _ = train(tmp_path, data_dir, "b16", model="amn", precision="bf16", bf16_contexts=True)
+    assert m1["best_val_cosine"] != m2["best_val_cosine"]
+    assert abs(m1["best_val_cosine"] - m2["best_val_cosine"]) < 1e-3

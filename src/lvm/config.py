@@ -66,6 +66,7 @@ DEFAULTS: dict = {
         "lr_factor": 0.5,
         "device": "auto",  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
         "precision": "fp32",  # fp32 | bf16 (autocast, fp32 master weights)
+        "bf16_contexts": True,  # with precision bf16: gather training contexts from a bf16 table (2.2x loader)
         "threads": 0,  # torch intra-op threads; 0 = all cores
         "window_stride": 0,  # stride of TRAINING windows inside train articles; 0 = as exported
         "max_train_windows": 0,  # 0 = all; caps windows per epoch (a new seeded subsample each epoch)

@@ -185,6 +185,9 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
         raise LvmError(f"{data_dir}: train or val split has no windows; lower data.context_length")
     model = create_model(model_name, input_dim=train_ds.dim, context_length=train_ds.context_length,
                          **p["model"]).to(device)
+    if cfg["precision"] == "bf16" and cfg["bf16_contexts"] and model.BF16_CONTEXTS:
+        # autocast rounds the model's context inputs to bf16 anyway; a bf16 table halves the bytes gathered
+        train_ds = train_ds.with_context_dtype(torch.bfloat16)
     n_params = count_parameters(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["lr_factor"], patience=cfg["lr_patience"])

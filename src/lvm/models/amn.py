@@ -45,4 +45,5 @@ class AMNModel(LatentVectorModel):
         scores = torch.einsum("bd,bld->bl", qk, context) / math.sqrt(q.shape[-1])
         attended = torch.einsum("bl,bld->bd", F.softmax(scores.float(), dim=-1).to(context.dtype), context)
         residual = self.mlp(torch.cat([attended, last], dim=-1))
-        return context.mean(dim=1) + residual
+        # float32 accumulation and result also for a bfloat16 context (lvm.data.WindowDataset.with_context_dtype)
+        return context.mean(dim=1, dtype=torch.float32) + residual

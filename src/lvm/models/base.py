@@ -28,6 +28,9 @@ class LatentVectorModel(nn.Module):
 
     name: str = ""
     PARAMS: tuple[str, ...] = ()
+    # Under bf16 autocast the model uses its context only through ops that round it to bf16 first
+    # (or, amn, averages it in fp32), so training may gather contexts from a bf16 table (train.bf16_contexts).
+    BF16_CONTEXTS: bool = True
 
     def __init__(self, input_dim: int, context_length: int, **params):
         super().__init__()

@@ -18,6 +18,8 @@ class HierarchicalGRUModel(LatentVectorModel):
     name = "hierarchical_gru"
     PARAMS = ("hidden_dim", "chunk_size", "hierarchy_layers", "dropout")
     DESCRIPTION = "shared local GRU over chunks, global GRU over chunk summaries, MLP head + last-vector skip"
+    # CPU autocast leaves nn.GRU in its input's dtype: a bf16 context would turn its fp32 GRUs into bf16 ones
+    BF16_CONTEXTS = False
 
     def __init__(self, input_dim, context_length, hidden_dim=512, chunk_size=10, hierarchy_layers=2, dropout=0.0):
         check_int("hidden_dim", hidden_dim)
