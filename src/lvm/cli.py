@@ -1,7 +1,7 @@
 """Shared stage entry point (one clear error line and exit 2 for bad input or params) and the `lvm`
 command:
 
-    lvm inspect --model models/memory/best.pt --article 14      # decoded predictions, see lvm.inspect
+    lvm inspect --model models/memory/best.pt --article 17      # decoded predictions, see lvm.inspect
     lvm inspect                                                 # lists the held-out articles
 """
 from __future__ import annotations
