@@ -72,8 +72,8 @@ BAD = [
     ("pickled_keys_untrusted", _pickled, {}, ["'concept_texts'", "pickle", "data.trust_pickle"]),
     ("unknown_key", good, {"data": {"contxt_length": 10}}, ["data.contxt_length", "unknown key"]),
     ("unknown_section", good, {"exprt": {"overlap": 5}}, ["exprt", "unknown key"]),
-    ("L_not_divisible_by_chunk_size", good, {"data": {"context_length": 12}, "export": {"overlap": 6}},
-     ["model.chunk_size", "divisible"]),
+    ("min_target_beyond_every_article", good, {"export": {"min_target_position": 45}},
+     ["shorter than export.min_target_position + 1 = 46", "longest has 40"]),
     ("unknown_device", good, {"train": {"device": "tpu"}}, ["train.device", "'tpu'"]),
     ("wrong_type", good, {"data": {"context_length": "ten"}}, ["data.context_length", "integer"]),
 ]

@@ -65,8 +65,10 @@ def test_unknown_keys_and_wrong_types_are_named(tmp_path, given, key):
     ({"export": {"split": {"train": 0.5, "val": 0.1, "test": 0.1}}}, "export.split"),
     ({"export": {"split": {"train": 1.2, "val": -0.1, "test": -0.1}}}, "export.split.train"),
     ({"export": {"split": {"train": 0.9, "val": 0.1, "test": 0.0}}}, "export.split"),
-    ({"data": {"context_length": 12}, "export": {"overlap": 6}}, "model.chunk_size"),
     ({"model": {"chunk_size": 0}}, "model.chunk_size"),
+    ({"export": {"val_stride": -1}}, "export.val_stride"),
+    ({"export": {"min_target_position": -1}}, "export.min_target_position"),
+    ({"export": {"min_target_position": 5000}}, "data.stream_block"),
     ({"data": {"stream_block": 50}}, "data.stream_block"),
     ({"train": {"device": "gpu"}}, "train.device"),
     ({"train": {"device": "cuda:x"}}, "train.device"),
@@ -97,6 +99,8 @@ def test_bad_values_are_named(tmp_path, given, key):
     {"train": {"nproc": 4, "batch_size": 64, "mmap": True}},
     {"train": {"mmap": False}},
     {"train": {"mmap": "auto"}},
+    {"data": {"context_length": 12}, "export": {"overlap": 6}},  # hierarchical_gru left-pads to 20
+    {"data": {"context_length": 5}, "export": {"overlap": 0, "min_target_position": 200, "val_stride": 5}},
     {"data": {"context_length": 1, "stream_block": 2}, "model": {"chunk_size": 1},
      "evaluate": {"ridge_k": 1}, "export": {"overlap": 0}},
 ])

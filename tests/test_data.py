@@ -379,3 +379,48 @@ def test_save_npz_is_byte_identical_across_runs(tmp_path):
     save_npz(tmp_path / "b.npz", compress=True, **arrays)
     digest = [hashlib.md5((tmp_path / n).read_bytes()).hexdigest() for n in ("a.npz", "b.npz")]
     assert digest[0] == digest[1]
+
+
+def test_min_target_position_gives_every_context_length_the_same_split_and_targets(tmp_path, make_npz):
+    """The context-length sweep's premise: with P fixed, L only changes how much context a target gets."""
+    path, arrays = make_npz(LENGTHS, interleave=True)
+    corpus = load_corpus(path)
+    P = 12
+    targets = {}
+    for L in (1, 4, 12):
+        out = tmp_path / f"L{L}"
+        meta = export_windows(corpus, out, L, 0, FRACTIONS, 1, 1, min_target_position=P, val_stride=2)
+        assert meta["first_target_position"] == P and meta["val_stride"] == 2
+        for name in SPLITS:
+            s = load_split(out / f"{name}.npz")
+            ds = WindowDataset(out / f"{name}.npz")
+            assert ds.first_target == int(s.get("first_target", L)) == P  # stored only when != L
+            tgt_rows = s["source_rows"][s["window_starts"] + L]
+            # every target sits at position >= P of its article; its context is the L chunks before it
+            assert np.all(s["chunk_indices"][s["window_starts"] + L] >= P)
+            assert np.all(s["chunk_indices"][s["window_starts"]] == s["chunk_indices"][s["window_starts"] + L] - L)
+            if name != "train":  # train is exported at stride L - overlap, which depends on L
+                targets.setdefault(name, []).append(tgt_rows)
+            if name == "train":  # restriding keeps P: stride-1 training windows are the same targets for every L
+                targets.setdefault("train1", []).append(s["source_rows"][ds.restrided(1).targets_rows()])
+    for name, per_L in targets.items():
+        for other in per_L[1:]:
+            np.testing.assert_array_equal(per_L[0], other)
+    # articles with <= P rows are left out of every split, so the split itself does not depend on L
+    long_ids = {10 + 3 * i for i, n in enumerate(LENGTHS) if n > P}
+    kept = set()
+    for name in SPLITS:
+        kept |= set(np.unique(load_split(tmp_path / "L1" / f"{name}.npz")["article_indices"]).tolist())
+    assert kept == long_ids
+
+
+def test_min_target_position_below_context_length_changes_nothing(tmp_path, make_npz):
+    path, _ = make_npz(LENGTHS, interleave=True)
+    corpus = load_corpus(path)
+    export_windows(corpus, tmp_path / "a", 6, 3, FRACTIONS, 1, 1)
+    export_windows(corpus, tmp_path / "b", 6, 3, FRACTIONS, 1, 1, min_target_position=4, val_stride=3)
+    for name in SPLITS:
+        a, b = load_split(tmp_path / "a" / f"{name}.npz"), load_split(tmp_path / "b" / f"{name}.npz")
+        assert a.keys() == b.keys() and "first_target" not in a
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])

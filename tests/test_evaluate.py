@@ -28,9 +28,12 @@ from test_train import data_dir  # noqa: E402,F401  (shared module fixture)
 
 
 def evaluate_into(root, data_dir, readme=None):
-    return evaluate.run(tiny_params(), data_dir=str(data_dir), models_dir=str(root / "models"),
+    p = tiny_params()
+    p["data"]["vectors"] = str(data_dir.parent / "vectors.npz")  # no concept_texts: the sample says so
+    return evaluate.run(p, data_dir=str(data_dir), models_dir=str(root / "models"),
                         out_json=str(root / "metrics/evaluate.json"), out_md=str(root / "metrics/results.md"),
-                        plots_dir=str(root / "plots"), readme=readme, live_dir=str(root / "live"))
+                        plots_dir=str(root / "plots"), readme=readme, live_dir=str(root / "live"),
+                        out_sample=str(root / "metrics/inspect_sample.md"))
 
 
 def test_metrics_are_nested_predictor_split_metric(trained, data_dir):
@@ -52,6 +55,7 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir):
     assert "best baseline" in table
     text = readme.read_text()
     assert "old" not in text and table.strip() in text and text.endswith("tail\n")
+    assert "No text sample" in (trained / "metrics/inspect_sample.md").read_text()
     for png in ("test_comparison", "cosine_hist", "directional", "training_curves"):
         img = matplotlib.image.imread(trained / "plots" / f"{png}.png")
         assert img.shape[0] > 200 and img.shape[1] > 400 and img.std() > 0.01  # a real, non-blank figure

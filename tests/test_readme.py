@@ -33,6 +33,13 @@ def test_readme_first_screen_gives_the_two_setup_commands():
     assert "make test" in (REPO / ".ci" / "run").read_text()
 
 
+def test_analysis_and_sweep_sections_are_the_generated_files():
+    for name, path in (("analysis", "metrics/analysis.md"), ("sweep", "metrics/context_sweep.md")):
+        generated = REPO / path
+        if generated.is_file():
+            assert section(name) == generated.read_text().strip()
+
+
 def test_performance_sections_are_the_benchmark_output():
     # bench/throughput.py --readme-section perf|gpu writes them; a hand edit or a stale table fails here
     for name, md in (("perf", "throughput.md"), ("gpu", "throughput_cuda.md")):

@@ -33,6 +33,8 @@ DEFAULTS: dict = {
     "export": {
         "overlap": 50,
         "test_stride": 1,  # stride of test windows: 1 scores every target of the held-out articles
+        "val_stride": 0,  # stride of val windows; 0 = the train stride (context_length - overlap)
+        "min_target_position": 0,  # targets only at positions >= this in their article; 0 = context_length
         "seed": 42,
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},
     },
@@ -140,6 +142,12 @@ def validate(p: dict) -> dict:
         _fail("export.overlap", f"must satisfy 0 <= overlap < data.context_length ({L}), got {export['overlap']}")
     if export["test_stride"] < 1:
         _fail("export.test_stride", f"must be >= 1, got {export['test_stride']}")
+    for key in ("val_stride", "min_target_position"):
+        if export[key] < 0:
+            _fail(f"export.{key}", f"must be >= 0 (0 = default), got {export[key]}")
+    if data["stream_block"] < export["min_target_position"] + 1:
+        _fail("data.stream_block", f"must be >= export.min_target_position + 1 "
+              f"({export['min_target_position'] + 1}), got {data['stream_block']}")
     fractions = export["split"]
     for name, f in fractions.items():
         if not 0.0 <= f <= 1.0:
@@ -148,9 +156,8 @@ def validate(p: dict) -> dict:
         _fail("export.split", f"fractions must sum to 1, got {sum(fractions.values()):.6g} ({fractions})")
     if fractions["train"] <= 0 or fractions["test"] <= 0:
         _fail("export.split", "train and test fractions must be > 0")
-    if model["chunk_size"] < 1 or L % model["chunk_size"]:
-        _fail("model.chunk_size", f"data.context_length ({L}) must be divisible by model.chunk_size "
-              f"({model['chunk_size']}) for hierarchical_gru")
+    if model["chunk_size"] < 1:
+        _fail("model.chunk_size", f"must be >= 1, got {model['chunk_size']}")
     for key in ("hidden_dim", "memory_slots", "lstm_layers", "gru_layers", "transformer_layers",
                 "transformer_heads", "transformer_ff", "amn_hidden", "hierarchy_layers", "memory_layers"):
         if model[key] < 1:

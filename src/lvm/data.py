@@ -112,19 +112,28 @@ def _check_finite(path: Path, vectors: np.ndarray) -> None:
             raise LvmError(f"{path}: key 'vectors' has NaN/Inf in {total} rows (first: row {first})")
 
 
-def count_windows(length: np.ndarray, context_length: int, stride: int) -> np.ndarray:
-    """Windows per article: starts 0, stride, ... while the target row start+L stays inside."""
-    usable = length - context_length - 1
+def first_target(context_length: int, min_target_position: int = 0) -> int:
+    """Position (inside its article) of the first target: L, or later when min_target_position > L.
+
+    A sweep over L that sets min_target_position to its largest L scores every L on the same targets.
+    """
+    return max(context_length, min_target_position)
+
+
+def count_windows(length: np.ndarray, context_length: int, stride: int, min_target_position: int = 0) -> np.ndarray:
+    """Windows per article: targets at first_target(L, P), + stride, ... while inside the article."""
+    usable = length - first_target(context_length, min_target_position) - 1
     return np.where(usable >= 0, usable // stride + 1, 0)
 
 
-def window_starts(lengths: np.ndarray, context_length: int, stride: int) -> np.ndarray:
+def window_starts(lengths: np.ndarray, context_length: int, stride: int, min_target_position: int = 0) -> np.ndarray:
     """Start rows of every window when articles of `lengths` rows are stored back to back."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    counts = count_windows(lengths, context_length, stride)
+    counts = count_windows(lengths, context_length, stride, min_target_position)
     offsets = np.cumsum(lengths) - lengths  # also right for no articles (an empty split)
     within = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(offsets, counts) + stride * within
+    skip = first_target(context_length, min_target_position) - context_length
+    return np.repeat(offsets, counts) + skip + stride * within
 
 
 def split_articles(article_ids: np.ndarray, fractions: dict, seed: int) -> dict[str, np.ndarray]:
@@ -143,31 +152,42 @@ def split_articles(article_ids: np.ndarray, fractions: dict, seed: int) -> dict[
 
 
 def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
-                   fractions: dict, seed: int, test_stride: int | None = None) -> dict:
+                   fractions: dict, seed: int, test_stride: int | None = None,
+                   min_target_position: int = 0, val_stride: int = 0) -> dict:
     """Write {train,val,test}.npz (vectors once + window starts) and return the metadata dict.
 
-    Train and val use stride L - overlap; test uses `test_stride` (default: the same), so the held-out
-    score can cover every target of the test articles without costing training time.
+    Train uses stride L - overlap, val `val_stride` (0: the same) and test `test_stride` (default: the
+    same), so the held-out score can cover every target of the test articles without costing training
+    time. `min_target_position` P > L keeps only targets at positions >= P inside their article (in
+    every split) and skips articles shorter than P + 1: with P fixed, every L <= P gets the same
+    article split and the same targets.
     """
     L, stride = context_length, context_length - overlap
     test_stride = test_stride or stride
+    val_stride = val_stride or stride
+    first = first_target(L, min_target_position)
     out_dir = Path(out_dir)
-    n_windows = count_windows(corpus.article_len, L, stride)
+    n_windows = count_windows(corpus.article_len, L, stride, min_target_position)
     eligible = n_windows > 0
     if not eligible.any():
+        why = (f"data.context_length + 1 = {L + 1}" if first == L else
+               f"export.min_target_position + 1 = {first + 1}")
         raise LvmError(
-            f"{corpus.path}: every article is shorter than data.context_length + 1 = {L + 1} vectors "
-            f"(longest has {int(corpus.article_len.max())}); lower data.context_length")
+            f"{corpus.path}: every article is shorter than {why} vectors "
+            f"(longest has {int(corpus.article_len.max())}); lower data.context_length"
+            + ("" if first == L else " or export.min_target_position"))
     splits = split_articles(corpus.article_ids[eligible], fractions, seed)
     meta_splits = {}
     for name in SPLITS:
         idx = np.searchsorted(corpus.article_ids, splits[name])  # positions of this split's articles
-        split_stride = test_stride if name == "test" else stride
+        split_stride = {"train": stride, "val": val_stride, "test": test_stride}[name]
         lengths = corpus.article_len[idx]
-        starts = window_starts(lengths, L, split_stride)
+        starts = window_starts(lengths, L, split_stride, min_target_position)
         rows = np.concatenate([corpus.order[corpus.article_start[i]:corpus.article_start[i] + corpus.article_len[i]]
                                for i in idx]) if idx.size else np.zeros(0, np.int64)
         n_rows = int(lengths.sum())
+        # stored only when it is not L, so default exports stay byte-identical (and DVC skips retraining)
+        extra = {"first_target": np.int64(first)} if first != L else {}
         save_npz(
             out_dir / f"{name}.npz",
             vectors=StreamedArray((n_rows, corpus.dim), np.float32,
@@ -177,6 +197,7 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
             source_rows=rows,
             window_starts=starts,
             context_length=np.int64(L),
+            **extra,
         )
         meta_splits[name] = {"articles": int(idx.size), "vectors": n_rows, "windows": int(starts.size),
                              "stride": split_stride}
@@ -187,6 +208,9 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
         "overlap": overlap,
         "stride": stride,
         "test_stride": test_stride,
+        "val_stride": val_stride,
+        "min_target_position": min_target_position,
+        "first_target_position": first,
         "vector_dim": corpus.dim,
         "total_vectors": int(corpus.vectors.shape[0]),
         "total_articles": int(corpus.article_ids.size),
@@ -256,6 +280,9 @@ class WindowDataset:
             vectors = reader.load("vectors", mmap=mmap)
             self.starts = np.asarray(reader.load("window_starts", mmap=False), dtype=np.int64)
             self.context_length = int(reader.load("context_length", mmap=False))
+            # position of the first target inside its article (files before min_target_position: L)
+            self.first_target = (int(reader.load("first_target", mmap=False)) if "first_target" in reader
+                                 else self.context_length)
             self.article_indices = np.asarray(reader.load("article_indices", mmap=False))
             self.source_rows = np.asarray(reader.load("source_rows", mmap=False))
         self.path = path
@@ -350,7 +377,7 @@ class WindowDataset:
         boundaries = np.flatnonzero(articles[1:] != articles[:-1]) + 1
         lengths = np.diff(np.concatenate([[0], boundaries, [articles.size]]))
         other = copy.copy(self)
-        other.starts = window_starts(lengths, self.context_length, stride)
+        other.starts = window_starts(lengths, self.context_length, stride, self.first_target)
         other._starts_t = torch.from_numpy(other.starts)
         return other
 

@@ -80,3 +80,65 @@ def read_tsv(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
+
+
+def memory_slots_figure(stats: dict, path) -> None:
+    """memory_gru reads: top-1 reads per slot (histogram) and cumulative read mass over slots."""
+    first, second = stats["first"], stats["second"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    counts = first["counts"]
+    axes[0].hist(counts, bins=50, color=MODEL_COLOR)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("reads for which the slot is the top-1 slot (per-step reads, test split)")
+    axes[0].set_ylabel("slots")
+    s = first["summary"]
+    axes[0].set_title(f"{s['reads']:,} per-step reads over {s['slots']} slots; "
+                      f"{s['slots_never_top1']} slots never top-1", fontsize=9)
+    for kind, color in (("first", MODEL_COLOR), ("second", "#d62728")):
+        mass = stats[kind]["mass"]
+        cum = np.cumsum(np.sort(mass / mass.sum())[::-1])
+        s = stats[kind]["summary"]
+        label = {"first": "per-step reads", "second": "final read"}[kind]
+        axes[1].plot(np.arange(1, cum.size + 1), cum, color=color,
+                     label=f"{label}: 50% in {s['slots_for_50pct_mass']}, 90% in {s['slots_for_90pct_mass']} slots")
+    axes[1].plot([1, counts.size], [1 / counts.size, 1], color=BASELINE_COLOR, ls="--", label="uniform")
+    for level in (0.5, 0.9):
+        axes[1].axhline(level, color="black", lw=0.5, ls=":")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("slots, most-read first")
+    axes[1].set_ylabel("share of read mass (sum of softmax weights)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("memory_gru: how the content-addressed reads use the learned slots")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def hierarchy_figure(sal: dict, path) -> None:
+    """hierarchical_gru: gradient-norm share per context position and per chunk, grad x input per chunk."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    L = sal["context_length"]
+    pos = np.asarray(sal["position_share"])
+    axes[0].plot(np.arange(-L, 0), pos, color=MODEL_COLOR, marker=".", ms=3)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("context position (−1 = the vector just before the target)")
+    axes[0].set_ylabel("share of ||d cos(pred, next) / d x_t||")
+    axes[0].set_title("per position (mean share per window)", fontsize=9)
+    n = sal["n_chunks"]
+    x = np.arange(n)
+    labels = [f"{i + 1}" for i in range(n)]
+    axes[1].bar(x - 0.2, sal["chunk_share"], width=0.4, color=MODEL_COLOR, label="gradient-norm share")
+    ax2 = axes[1].twinx()
+    ax2.bar(x + 0.2, sal["chunk_grad_x_input"], width=0.4, color="#ff7f0e",
+            label="grad × input: first-order change of the cosine if the chunk were zeroed")
+    ax2.axhline(0, color="black", lw=0.5)
+    axes[1].set_xticks(x, labels)
+    axes[1].set_xlabel(f"chunk of {sal['chunk_size']} vectors (1 = oldest, {n} = most recent)")
+    axes[1].set_ylabel("gradient-norm share")
+    ax2.set_ylabel("grad × input (signed)")
+    handles = axes[1].get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    axes[1].legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    fig.suptitle(f"hierarchical_gru: saliency of cos(prediction, true next) on {sal['windows']} test windows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

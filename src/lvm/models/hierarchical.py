@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .base import LatentVectorModel, check_dropout, check_int
 
@@ -11,6 +12,7 @@ class HierarchicalGRUModel(LatentVectorModel):
     plus a linear skip from the last input vector (8.6M params at D=768, L=100, chunk 10).
 
     Sequential depth is chunk_size + L/chunk_size steps instead of L, which is why it trains fast.
+    Any L works: a context that is not a multiple of chunk_size is left-padded with zero vectors.
     """
 
     name = "hierarchical_gru"
@@ -26,8 +28,6 @@ class HierarchicalGRUModel(LatentVectorModel):
         dropout = check_dropout(dropout)
         super().__init__(input_dim, context_length, hidden_dim=hidden_dim, chunk_size=chunk_size,
                          hierarchy_layers=hierarchy_layers, dropout=dropout)
-        if context_length % chunk_size:
-            raise ValueError(f"model.chunk_size ({chunk_size}) must divide data.context_length ({context_length})")
         self.chunk_size = chunk_size
         rnn_drop = dropout if hierarchy_layers > 1 else 0.0
         self.local = nn.GRU(input_dim, hidden_dim, hierarchy_layers, batch_first=True, dropout=rnn_drop)
@@ -41,16 +41,21 @@ class HierarchicalGRUModel(LatentVectorModel):
         # the next vector is usually closest to the last one; a direct path saves the GRUs relearning it
         self.skip = nn.Linear(input_dim, input_dim)
 
+    def padding(self, length: int) -> int:
+        """Zero vectors put before a context of `length` so that it splits into whole chunks."""
+        return -length % self.chunk_size
+
     def predict_raw(self, context: torch.Tensor) -> torch.Tensor:
         B, L, D = context.shape
-        if L % self.chunk_size:
-            raise ValueError(f"model.chunk_size ({self.chunk_size}) must divide the context length ({L}); "
-                             f"set data.context_length to a multiple of it")
-        n = L // self.chunk_size
+        last = context[:, -1]
+        pad = self.padding(L)
+        if pad:  # L not a multiple of chunk_size: left-pad with zeros, so the first chunk is partly padding
+            context = F.pad(context, (0, 0, pad, 0))
+        n = (L + pad) // self.chunk_size
         # every chunk of every sample in one batched GRU call: [B*n, chunk, D]. nn.GRU, not
         # lvm.models.fastrnn: with sequences this short (chunk_size, then L/chunk_size steps) the fused
         # kernel is 1.07x faster than the custom scan under bf16 (bench/throughput.py ablation).
         _, h_local = self.local(context.reshape(B * n, self.chunk_size, D))
         summaries = h_local[-1].view(B, n, -1)
         _, h_glob = self.glob(summaries)
-        return self.head(h_glob[-1]) + self.skip(context[:, -1])
+        return self.head(h_glob[-1]) + self.skip(last)

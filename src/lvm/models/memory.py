@@ -68,14 +68,20 @@ class MemoryGRUModel(LatentVectorModel):
         has its own query."""
         return content_read(self.read_query(context), self.memory, self.log_sharpness[0].exp())
 
-    def predict_raw(self, context: torch.Tensor) -> torch.Tensor:
+    def predict_raw(self, context: torch.Tensor, reads: dict | None = None) -> torch.Tensor:
+        """`reads`, if a dict, receives the address weights (for lvm.inspect): 'first' [B, L, S] per-step
+        reads, 'write' [B, S] write weights, 'second' [B, S] final read. Training never passes it."""
         if use_fast_path(self.gru, context):
             # time-major for lvm.models.fastrnn (reads are per vector, so the layout is free)
             ctx_tm = context.transpose(0, 1)
-            _, read = self.first_read(ctx_tm)
+            weights, read = self.first_read(ctx_tm)
+            if reads is not None:
+                reads["first"] = weights.transpose(0, 1)
             _, h_n = gru_stack(self.gru, torch.cat([ctx_tm.to(read.dtype), read], dim=-1))
         else:
-            _, read = self.first_read(context)
+            weights, read = self.first_read(context)
+            if reads is not None:
+                reads["first"] = weights
             # GRU input in the read's dtype: bf16 under autocast, which saves a cast per step inside the GRU
             _, h_n = self.gru(torch.cat([context.to(read.dtype), read], dim=-1))
         h = self.drop(h_n[-1].float())  # [B, H]
@@ -98,5 +104,7 @@ class MemoryGRUModel(LatentVectorModel):
             cos = dots / (q.norm(dim=-1, keepdim=True) * slot_sq.clamp_min(0).sqrt()).clamp_min(1e-8)
             p = F.softmax(s_r * cos, dim=-1)
             read2 = p @ M + (p * w).sum(-1, keepdim=True) * a                 # [B, D]
+            if reads is not None:
+                reads.update(write=w, second=p)
 
         return self.head(torch.cat([h, read2], dim=-1))

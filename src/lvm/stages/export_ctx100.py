@@ -20,11 +20,13 @@ def run(p: dict, out_dir: str = OUT_DIR, metadata: str = METADATA) -> dict:
     for note in corpus.notes:
         print(note)
     meta = export_windows(corpus, out_dir, data["context_length"], export["overlap"],
-                          export["split"], export["seed"], export["test_stride"])
+                          export["split"], export["seed"], export["test_stride"],
+                          export["min_target_position"], export["val_stride"])
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(metadata, meta)
     s = meta["splits"]
-    print(f"export: L={meta['context_length']} stride={meta['stride']} D={meta['vector_dim']}; windows "
+    print(f"export: L={meta['context_length']} stride={meta['stride']} first target "
+          f"{meta['first_target_position']} D={meta['vector_dim']}; windows "
           f"train {s['train']['windows']} / val {s['val']['windows']} / test {s['test']['windows']} from "
           f"{s['train']['articles']}/{s['val']['articles']}/{s['test']['articles']} articles; "
           f"{meta['articles_skipped_too_short']} articles too short; {meta['seconds']}s")

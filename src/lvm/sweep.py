@@ -1,0 +1,209 @@
+"""Context-length sweep: turn a recorded `dvc exp show --json` into one figure and one table.
+
+    dvc exp run --queue evaluate -S 'data.context_length=5,20,50,100,200' \\
+        -S export.min_target_position=200 -S export.val_stride=5 -S export.overlap=0
+    dvc queue start -j 1                      # wait: dvc queue status
+    dvc exp show --json > metrics/context_sweep.json
+    python -m lvm.sweep                       # plots/context_sweep.png, metrics/context_sweep.md, README
+
+Only finished experiments run with the same export.min_target_position P (default: the largest P
+among them) and L <= P are compared: with P >= every L, each L is scored on exactly the same test targets. The script checks
+that instead of trusting it: copy-last (whose prediction does not depend on L) must score the same at
+every L, and the number of test windows must be equal; otherwise it stops with an error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lvm import LvmError
+from lvm.cli import stage
+
+IN_JSON = "metrics/context_sweep.json"
+OUT_FIGURE = "plots/context_sweep.png"
+OUT_MD = "metrics/context_sweep.md"
+README = "README.md"
+MARK_START, MARK_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
+METRICS = (("cosine_mean", "test cosine"), ("r_at_5", "test R@5"))
+
+
+def _rows(show: list) -> list[dict]:
+    """Every finished experiment row of `dvc exp show --json` (experiments under each baseline commit).
+    Queued, running and failed ones are left out: a running one shows its temp workspace's old metrics."""
+    rows = []
+    for entry in show:
+        for exp in entry.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state", "success")
+            for rev in exp.get("revs") or []:
+                rows.append({**rev, "state": state})
+    return rows
+
+
+def _get(d: dict, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def collect(show: list, min_target_position: int | None = None) -> dict:
+    """{'runs': [{name, L, P, evaluate, train}], 'P': P, 'skipped': [...]} of the comparable runs, by L."""
+    found, skipped = [], []
+    for rev in _rows(show):
+        data = rev.get("data") or {}
+        params = _get(data, "params", "params.yaml", "data") or {}
+        ev = _get(data, "metrics", "metrics/evaluate.json", "data")
+        name = rev.get("name") or rev.get("rev", "?")[:7]
+        L = _get(params, "data", "context_length")
+        P = _get(params, "export", "min_target_position") or 0
+        if rev["state"] != "success" or not ev or L is None or rev.get("error"):
+            skipped.append(f"{name}: {rev['state']}, not finished with evaluate metrics")
+            continue
+        train = {k: _get(data, "metrics", f"metrics/train_{k}.json", "data") or {}
+                 for k in ("baseline", "hierarchical", "memory")}
+        found.append({"name": name, "L": int(L), "P": int(P), "evaluate": ev, "train": train,
+                      "timestamp": data.get("timestamp") or "", "params": params})
+    if not found:
+        raise LvmError("exp show JSON: no experiment with metrics/evaluate.json; run the sweep first")
+    if min_target_position is None:
+        min_target_position = max(r["P"] for r in found)
+    runs = {}
+    for r in sorted(found, key=lambda r: r["timestamp"]):
+        if r["P"] != min_target_position:
+            skipped.append(f"{r['name']}: export.min_target_position {r['P']} != {min_target_position} "
+                           "(other test targets)")
+        elif r["L"] > min_target_position:
+            skipped.append(f"{r['name']}: data.context_length {r['L']} > export.min_target_position")
+        else:
+            if r["L"] in runs:
+                skipped.append(f"{runs[r['L']]['name']}: older run at L={r['L']} (kept {r['name']})")
+            runs[r["L"]] = r
+    if not runs:
+        raise LvmError(f"exp show JSON: no run with export.min_target_position = {min_target_position}")
+    runs = [runs[L] for L in sorted(runs)]
+    check_same_targets(runs)
+    return {"runs": runs, "P": min_target_position, "skipped": skipped}
+
+
+def check_same_targets(runs: list[dict]) -> None:
+    """Copy-last ignores all but the last context vector: equal targets <=> equal copy-last scores."""
+    for key in ("n_windows", "n_articles", "cosine_mean", "r_at_5"):
+        values = {r["L"]: r["evaluate"]["copy_last"]["test"][key] for r in runs}
+        if max(values.values()) - min(values.values()) > 1e-9:
+            raise LvmError(f"exp show JSON: copy_last test {key} differs across context lengths ({values}): the "
+                           "runs were not scored on the same targets; set export.min_target_position to the "
+                           "largest data.context_length in every run")
+
+
+def predictors(runs: list[dict]) -> tuple[list[str], list[str]]:
+    ev = runs[0]["evaluate"]
+    models = [n for n in ("gru", "hierarchical_gru", "memory_gru") if n in ev]
+    baselines = [n for n in ev if n not in models]
+    return baselines, models
+
+
+def table(sweep: dict) -> str:
+    runs, P = sweep["runs"], sweep["P"]
+    baselines, models = predictors(runs)
+    t = runs[0]["evaluate"]["copy_last"]["test"]
+    train_windows = sorted({r["train"]["baseline"].get("train_windows") for r in runs} - {None})
+    epochs = sorted({_get(r["params"], "train", "epochs") for r in runs} - {None})
+    lines = [
+        f"Every L is scored on the same {int(t['n_windows'])} test targets ({int(t['n_articles'])} held-out "
+        f"articles, targets at chunk positions >= {P}; copy-last scores identically at every L, checked). "
+        f"Training targets are the same for every L too: {', '.join(map(str, train_windows))} stride-1 windows "
+        f"(positions >= {P} of the train articles), of which each run samples train.max_train_windows per epoch "
+        f"for {', '.join(map(str, epochs))} epochs. Generated by `python -m lvm.sweep` from "
+        f"`{IN_JSON}` (`dvc exp show --json`).",
+        "",
+    ]
+    Ls = [r["L"] for r in runs]
+    for key, label in METRICS:
+        lines += [f"| {label} | " + " | ".join(f"L={L}" for L in Ls) + " |",
+                  "|---|" + "---:|" * len(Ls)]
+        for name in models + baselines:
+            kind = "" if name in models else " (baseline)"
+            vals = [r["evaluate"][name]["test"][key] for r in runs]
+            best = max(vals)
+            lines.append(f"| {name}{kind} | " + " | ".join(
+                (f"**{v:.4f}**" if v == best and len(set(vals)) > 1 else f"{v:.4f}") for v in vals) + " |")
+        lines.append("")
+    if sweep["skipped"]:
+        lines += ["Not in the comparison: " + "; ".join(sweep["skipped"]) + ".", ""]
+    return "\n".join(lines)
+
+
+def figure(sweep: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sweep["runs"]
+    baselines, models = predictors(runs)
+    Ls = [r["L"] for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (key, label) in zip(axes, METRICS):
+        for name in models + baselines:
+            vals = [r["evaluate"][name]["test"][key] for r in runs]
+            lo = [r["evaluate"][name]["test"].get(f"{key.replace('_mean', '')}_ci_low") for r in runs]
+            hi = [r["evaluate"][name]["test"].get(f"{key.replace('_mean', '')}_ci_high") for r in runs]
+            style = dict(marker="o", ms=4) if name in models else dict(ls="--", marker=".", lw=1.2)
+            line, = ax.plot(Ls, vals, label=name, **style)
+            if name in models and None not in lo + hi:
+                ax.fill_between(Ls, lo, hi, color=line.get_color(), alpha=0.12)
+        ax.set_xscale("log")
+        ax.set_xticks(Ls, [str(L) for L in Ls])
+        ax.set_xlabel("context length L (vectors)")
+        ax.set_title(f"{label} (same targets at every L; bands: 95% CI by article)", fontsize=9)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle("Does more context help? Models (solid) vs no-training baselines (dashed)")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(in_json: str = IN_JSON, out_figure: str = OUT_FIGURE, out_md: str = OUT_MD,
+        readme: str | None = README, min_target_position: int | None = None) -> dict:
+    from lvm.io import write_text
+    from lvm.stages.evaluate import splice_readme
+
+    path = Path(in_json)
+    if not path.is_file():
+        raise LvmError(f"{path}: not found; record it with `dvc exp show --json > {path}`")
+    try:
+        show = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LvmError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(show, list):
+        raise LvmError(f"{path}: expected the list that `dvc exp show --json` prints")
+    sweep = collect(show, min_target_position)
+    figure(sweep, out_figure)
+    text = table(sweep)
+    write_text(out_md, text)
+    if readme and Path(readme).is_file():
+        splice_readme(readme, text, MARK_START, MARK_END)
+    print(text)
+    return sweep
+
+
+@stage
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=IN_JSON, help=f"recorded `dvc exp show --json` ({IN_JSON})")
+    parser.add_argument("--figure", default=OUT_FIGURE)
+    parser.add_argument("--md", default=OUT_MD)
+    parser.add_argument("--readme", default=README, help="README to splice the table into ('' = none)")
+    parser.add_argument("--min-target-position", type=int, default=None,
+                        help="compare runs with this export.min_target_position (default: the largest in the JSON)")
+    args = parser.parse_args(argv)
+    run(args.json, args.figure, args.md, args.readme or None, args.min_target_position)
+
+
+if __name__ == "__main__":
+    main()
