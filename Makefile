@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# dvc runs each stage's `python` through PATH: make it this venv's
+export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := true
 export HF_HUB_OFFLINE := 1

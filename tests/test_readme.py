@@ -50,3 +50,12 @@ def test_out_of_core_section_is_the_benchmark_output():
     results = REPO / "bench" / "results" / "out_of_core.md"
     assert results.is_file(), "run bench/out_of_core.py"
     assert section("ooc") == results.read_text().strip()
+
+
+def test_make_pipeline_runs_stages_with_the_venv_python():
+    # dvc resolves each stage's `python` through PATH; without the venv's bin first, `make pipeline`
+    # on a fresh machine runs the stages with the system python, which has none of the dependencies
+    out = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(REPO), "-f", "Makefile",
+                          "--eval", "print-path: ; @echo $$PATH", "print-path"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out.split(":")[0] == str(REPO / ".venv" / "bin")
