@@ -7,6 +7,7 @@ command:
 from __future__ import annotations
 
 import argparse
+import argparse
 import functools
 import os
 import sys
@@ -57,3 +58,17 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def stage_main(run, description: str | None = None):
+    """`main(argv)` for `python -m lvm.stages.<name> [--params FILE]`: validated params -> run(params)."""
+
+    @stage
+    def main(argv=None):
+        from lvm.config import load_params
+
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--params", default="params.yaml")
+        run(load_params(parser.parse_args(argv).params))
+
+    return main

@@ -6,14 +6,12 @@ into README.md between the analysis markers), plots/memory_slots.png and plots/h
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from lvm import LvmError
-from lvm.cli import stage
-from lvm.config import load_params
+from lvm.cli import stage_main
 from lvm.data import WindowDataset
 from lvm.inspect import hierarchy_saliency, load_corpus_text, memory_slot_stats, slot_neighbours
 from lvm.io import write_json, write_text
@@ -118,12 +116,7 @@ def summary_markdown(memory: dict, hierarchy: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@stage
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    run(load_params(args.params))
+main = stage_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ metrics/inspect_sample.md: a few windows of one test article decoded to text (lv
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import torch
 
 from lvm import LvmError
 from lvm.baselines import make_baselines, predict_batches
-from lvm.cli import stage
-from lvm.config import load_params
+from lvm.cli import stage_main
 from lvm.data import WindowDataset
 from lvm.io import write_json, write_text
 from lvm.metrics import evaluate_predictions
@@ -179,12 +177,7 @@ def splice_readme(readme: str, table: str, start: str = MARK_START, end: str = M
         write_text(readme, pattern.sub(lambda _: f"{start}\n{table.strip()}\n{end}", text))
 
 
-@stage
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    run(load_params(args.params))
+main = stage_main(run, __doc__)
 
 
 if __name__ == "__main__":

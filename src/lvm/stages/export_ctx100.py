@@ -1,11 +1,9 @@
 """Stage export_ctx100: article-bounded context windows, split by article, stored compactly."""
 from __future__ import annotations
 
-import argparse
 import time
 
-from lvm.cli import stage
-from lvm.config import load_params
+from lvm.cli import stage_main
 from lvm.data import export_windows, load_corpus
 from lvm.io import write_json
 
@@ -33,12 +31,7 @@ def run(p: dict, out_dir: str = OUT_DIR, metadata: str = METADATA) -> dict:
     return meta
 
 
-@stage
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    run(load_params(args.params))
+main = stage_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,13 @@
 """Stage ingest: Wikipedia wikitext -> concept chunks -> sentence vectors (data/corpus/vectors.npz)."""
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from lvm.cli import stage
-from lvm.config import load_params
+from lvm.cli import stage_main
 from lvm.corpus import chunk_text, clean_wikitext, default_source, encode, iter_pages, load_encoder
 from lvm.io import save_npz, write_json
 
@@ -64,12 +62,7 @@ def run(p: dict, out: str = OUT, stats_path: str = STATS) -> dict:
     return stats
 
 
-@stage
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    run(load_params(args.params))
+main = stage_main(run, __doc__)
 
 
 if __name__ == "__main__":
