@@ -671,16 +671,10 @@ def main(argv=None):
     md.write_text(markdown(result))
     print(f"wrote {out} and {md} in {result['wall_seconds']:.0f} s")
     if args.readme_section:
-        splice_readme(REPO / "README.md", args.readme_section, md.read_text())
+        from lvm.stages.evaluate import splice_readme
 
-
-def splice_readme(readme: Path, name: str, text: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    doc = readme.read_text()
-    if start not in doc or end not in doc:
-        raise SystemExit(f"{readme}: no {start} ... {end} section")
-    head, rest = doc.split(start, 1)
-    readme.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
+        name = args.readme_section
+        splice_readme(REPO / "README.md", md.read_text(), f"<!-- {name}:start -->", f"<!-- {name}:end -->")
 
 
 def _cpu_model() -> str:
