@@ -40,7 +40,8 @@ def _paired(ax, names, results, key, ref, baselines, title):
         color = BASELINE_COLOR if n in baselines else MODEL_COLOR
         ax.errorbar([d], [yi], xerr=np.array(_err(d, lo, hi))[:, None], fmt="o", color=color, capsize=4, ms=6)
         ci = "n/a" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
-        ax.annotate(f"{d:+.4f} {ci}", (d, yi), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7)
+        ax.annotate(f"{d:+.4f} {ci}", (d, yi), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7,
+                    bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, names)
     ax.set_ylim(-0.7, len(names) - 0.3)
@@ -91,17 +92,24 @@ def make_figures(results, per_window, baselines, experiments: dict, plots_dir, l
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    epochs = set()
     for experiment, model in experiments.items():
         for ax, metric in zip(axes, ("val/cosine", "val/loss")):
             rows = read_tsv(Path(live_dir) / experiment / "plots" / "metrics" / f"{metric}.tsv")
             if rows:
-                ax.plot([int(r["step"]) + 1 for r in rows], [float(r[metric.split("/")[-1]]) for r in rows],
+                x = [int(r["step"]) + 1 for r in rows]
+                epochs.update(x)
+                ax.plot(x, [float(r[metric.split("/")[-1]]) for r in rows],
                         marker="o", ms=3, label=f"{model} ({experiment})")
     for ax, metric, ylabel in zip(axes, ("val cosine", "val loss"),
                                   ("mean cosine(pred, next), val", "training loss on val (train.loss)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        # epochs are whole numbers: tick each one (a locator alone still picks 0.5 steps on a short run)
+        if 0 < len(epochs) <= 20:
+            ax.set_xticks(sorted(epochs))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(metric)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -128,6 +136,9 @@ def context_curve_figure(curve: dict, names, baselines, path) -> None:
             ax.fill_between(ks, [row[str(k)]["ci_low"] for k in ks], [row[str(k)]["ci_high"] for k in ks],
                             color=colors[i % len(colors)], alpha=0.12, lw=0)
     ax.set_xscale("log")
+    ks = sorted({int(k) for n in names for k in (curve.get(n) or {})})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("k = context vectors the predictor sees (the most recent k; log scale)")
     ax.set_ylabel("mean test cosine(pred, next) [95% CI]")
     ax.set_title(f"Per-position curve: {curve['n_windows']} test targets, {curve['n_articles']} articles",

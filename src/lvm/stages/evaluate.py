@@ -133,16 +133,19 @@ def context_curve(predictors: dict, ds: WindowDataset, grid: list[int], cfg: dic
     skipped = []
     for name, fn in predictors.items():
         out[name] = {}
+        too_short = [k for k in grid if k < min_context.get(name, 1)]
+        if too_short:
+            skipped.append(f"{name} at k={', '.join(map(str, too_short))} (it reads the last "
+                           f"{min_context[name]} context vectors)")
         for k in grid:
-            if k < min_context.get(name, 1):
-                skipped.append(f"{name} at k={k}")
+            if k in too_short:
                 continue
             with torch.no_grad():
                 pred = full[name] if k == ds.context_length else fn(truncated(ds, k))
             cos = cosine(pred, target).astype(np.float64)
             lo, hi = group_ci(cos, articles, n_boot=cfg["n_boot"], seed=0)
             out[name][str(k)] = {"cosine_mean": _r(cos.mean()), "ci_low": _r(lo), "ci_high": _r(hi)}
-    out["skipped"] = ("; ".join(skipped) + " (reads more context vectors than k)") if skipped else "none"
+    out["skipped"] = "; ".join(skipped) if skipped else "none"
     return out
 
 
@@ -343,7 +346,7 @@ def curve_table(curve: dict, names: list[str], seconds: float | None) -> list[st
         f"(same {curve['n_windows']} targets at every k; 95% intervals in `metrics/context_curve.json`, "
         "figure `plots/context_curve.png`)"
         + (f"; skipped: {curve['skipped']}" if curve["skipped"] != "none" else "")
-        + (f". It adds {seconds:.0f} s to this stage." if seconds is not None else "."),
+        + (f". The curve adds {seconds:.1f} s to this stage." if seconds is not None else "."),
         "",
         "| predictor | " + " | ".join(f"k={k}" for k in ks) + " |",
         "|---|" + "---:|" * len(ks),
