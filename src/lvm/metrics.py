@@ -443,6 +443,7 @@ def per_window_metrics(
     chunk_size: int = 1024,
     *,
     context_rows: tuple[np.ndarray, int],
+    true_ctx_max: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-window arrays (for histograms, paired differences and the summary).
 
@@ -453,7 +454,9 @@ def per_window_metrics(
     its context), ``true_ctx_max`` (the same for the true next vector) and
     ``par`` = ctx_max / true_ctx_max (NaN where true_ctx_max <= 0: the ratio
     has no meaning when the true next vector is orthogonal to or opposite
-    every context vector).
+    every context vector).  ``true_ctx_max`` may be passed in: it does not
+    depend on the predictor, so a caller scoring many predictors on one split
+    computes it once (:func:`context_max_cosine` of the targets).
     """
     pred_n = l2_normalize(pred)
     target_n = l2_normalize(target)
@@ -474,7 +477,9 @@ def per_window_metrics(
         bank_article=bank_article, chunk_size=chunk_size, normalized=True,
         context_rows=context_rows,
     )
-    true_ctx_max = context_max_cosine(target_n, bank_n, context_rows, normalized=True)
+    if true_ctx_max is None:
+        true_ctx_max = context_max_cosine(target_n, bank_n, context_rows, normalized=True)
+    true_ctx_max = np.asarray(true_ctx_max, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         par = np.where(true_ctx_max > _EPS, ranks["ctx_max"] / true_ctx_max, np.nan)
     out = {
@@ -575,6 +580,7 @@ def evaluate_predictions(
     chunk_size: int = 1024,
     *,
     context_rows: tuple[np.ndarray, int],
+    true_ctx_max: np.ndarray | None = None,
 ):
     """Evaluate one predictor on one split.
 
@@ -595,7 +601,7 @@ def evaluate_predictions(
         raise ValueError("no windows to evaluate")
     pw = per_window_metrics(
         pred, target, last, bank, bank_article, target_index, chunk_size=chunk_size,
-        context_rows=context_rows,
+        context_rows=context_rows, true_ctx_max=true_ctx_max,
     )
     summary = summarize(pw, article, n_boot=n_boot, seed=seed)
     return (summary, pw) if return_per_window else summary

@@ -25,7 +25,8 @@ from lvm.baselines import make_baselines, predict_batches
 from lvm.cli import stage_main
 from lvm.data import WindowDataset
 from lvm.io import write_json, write_text
-from lvm.metrics import MIN_CI_ARTICLES, cosine, evaluate_predictions, group_ci, interval_verdict, paired_difference
+from lvm.metrics import (MIN_CI_ARTICLES, context_max_cosine, cosine, evaluate_predictions, group_ci,
+                         interval_verdict, paired_difference)
 from lvm.train import DATA_DIR, EXPERIMENTS, load_model, predict, resolve_device, set_threads
 
 EVAL_SPLITS = ("val", "test")
@@ -67,12 +68,12 @@ def fit_baselines(cfg: dict, train: WindowDataset) -> dict:
     return baselines
 
 
-def score(pred: np.ndarray, ds: WindowDataset, cfg: dict):
+def score(pred: np.ndarray, ds: WindowDataset, cfg: dict, true_ctx_max: np.ndarray | None = None):
     vectors = ds.vectors_np
     return evaluate_predictions(
         pred, vectors[ds.targets_rows()], vectors[ds.last_context_rows()], ds.window_articles(),
         vectors, ds.article_indices, ds.targets_rows(), n_boot=cfg["n_boot"], seed=0,
-        return_per_window=True, context_rows=(ds.starts, ds.context_length))
+        return_per_window=True, context_rows=(ds.starts, ds.context_length), true_ctx_max=true_ctx_max)
 
 
 def choose_best_baseline(results: dict, baselines: list[str], split: str = "val") -> dict:
@@ -181,12 +182,16 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
         model = models[model_name] = load_model(path, device)
         predictors[model_name] = (lambda ds, m=model: predict(m, ds, cfg["batch_size"], device,
                                                               p["train"]["precision"]))
+    # PAR's denominator (max cosine of each true next vector to its context) is the same for every
+    # predictor: once per split
+    true_ctx_max = {s: context_max_cosine(datasets[s].vectors_np[datasets[s].targets_rows()], datasets[s].vectors_np,
+                                          (datasets[s].starts, datasets[s].context_length)) for s in EVAL_SPLITS}
     for name, fn in predictors.items():
         results[name] = {}
         for split in EVAL_SPLITS:
             with torch.no_grad():
                 pred = fn(datasets[split])
-                summary, pw = score(pred, datasets[split], cfg)
+                summary, pw = score(pred, datasets[split], cfg, true_ctx_max[split])
             if split == "test":
                 test_preds[name] = pred
             results[name][split] = summary
@@ -309,10 +314,10 @@ def results_table(results: dict, baselines: list[str], models: list[str], best: 
         t = results[name]["test"]
         kind = "baseline" if name in baselines else "model"
         vs = "reference" if name == best["cosine"] else fmt_diff(t["vs_best_baseline"], "cosine_diff", n_art)
-        lines.append(
-            f"| {name} | {kind} | {t['cosine_mean']:.4f} {fmt_ci(t['cosine_ci_low'], t['cosine_ci_high'], n_articles=n_art)} "
-            f"| {vs} | {fmt(t['par_mean'], '.3f')} "
-            f"| {t['directional_mean']:+.4f} {fmt_ci(t['directional_ci_low'], t['directional_ci_high'], '+.4f', n_art)} |")
+        cos_ci = fmt_ci(t["cosine_ci_low"], t["cosine_ci_high"], n_articles=n_art)
+        dir_ci = fmt_ci(t["directional_ci_low"], t["directional_ci_high"], "+.4f", n_art)
+        lines.append(f"| {name} | {kind} | {t['cosine_mean']:.4f} {cos_ci} | {vs} | {fmt(t['par_mean'], '.3f')} "
+                     f"| {t['directional_mean']:+.4f} {dir_ci} |")
     lines += [
         "",
         "Retrieval: rank of the true next vector among the test vectors **minus the window's own context** "
