@@ -80,6 +80,11 @@ def test_unknown_keys_and_wrong_types_are_named(tmp_path, given, key):
     ({"model": {"hidden_dim": 500}}, "model.transformer_heads"),
     ({"model": {"dropout": 1.0}}, "model.dropout"),
     ({"evaluate": {"ridge_k": 101}}, "evaluate.ridge_k"),
+    ({"evaluate": {"curve_k": 5}}, "evaluate.curve_k"),
+    ({"evaluate": {"curve_k": [1, 0]}}, "evaluate.curve_k"),
+    ({"evaluate": {"curve_k": [1, 2.5]}}, "evaluate.curve_k"),
+    ({"evaluate": {"curve_k": [True]}}, "evaluate.curve_k"),
+    ({"evaluate": {"curve_k": ["10"]}}, "evaluate.curve_k"),
     ({"train": {"nproc": 0}}, "train.nproc"),
     ({"train": {"nproc": 3}}, "train.batch_size"),  # 32 is not divisible by 3
     ({"train": {"mmap": "yes"}}, "train.mmap"),
@@ -99,6 +104,8 @@ def test_bad_values_are_named(tmp_path, given, key):
     {"train": {"nproc": 4, "batch_size": 64, "mmap": True}},
     {"train": {"mmap": False}},
     {"train": {"mmap": "auto"}},
+    {"evaluate": {"curve_k": [1, 500]}},  # k > context_length is dropped by the evaluate stage
+    {"evaluate": {"curve_k": []}},  # the curve is then just k = context_length
     {"data": {"context_length": 12}, "export": {"overlap": 6}},  # hierarchical_gru left-pads to 20
     {"data": {"context_length": 5}, "export": {"overlap": 0, "min_target_position": 200, "val_stride": 5}},
     {"data": {"context_length": 1, "stream_block": 2}, "model": {"chunk_size": 1},

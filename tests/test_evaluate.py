@@ -27,38 +27,127 @@ def trained(tmp_path_factory, data_dir):
 from test_train import data_dir  # noqa: E402,F401  (shared module fixture)
 
 
-def evaluate_into(root, data_dir, readme=None):
+def evaluate_into(root, data_dir, readme=None, out=None):
     p = tiny_params()
     p["data"]["vectors"] = str(data_dir.parent / "vectors.npz")  # no concept_texts: the sample says so
+    out = out or root
     return evaluate.run(p, data_dir=str(data_dir), models_dir=str(root / "models"),
-                        out_json=str(root / "metrics/evaluate.json"), out_md=str(root / "metrics/results.md"),
-                        plots_dir=str(root / "plots"), readme=readme, live_dir=str(root / "live"),
-                        out_sample=str(root / "metrics/inspect_sample.md"))
+                        out_json=str(out / "metrics/evaluate.json"), out_md=str(out / "metrics/results.md"),
+                        plots_dir=str(out / "plots"), readme=readme, live_dir=str(root / "live"),
+                        out_sample=str(out / "metrics/inspect_sample.md"),
+                        out_curve=str(out / "metrics/context_curve.json"))
 
 
-def test_metrics_are_nested_predictor_split_metric(trained, data_dir):
+PREDICTORS = {"copy_last", "context_mean", "exp_decay_mean", "ridge", *EXPERIMENTS.values()}
+
+
+def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
     readme = trained / "README.md"
     readme.write_text(f"# x\n\n{evaluate.MARK_START}\nold\n{evaluate.MARK_END}\ntail\n")
     results = evaluate_into(trained, data_dir, readme=str(readme))
+    stdout = capsys.readouterr().out
     on_disk = json.loads((trained / "metrics/evaluate.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
-    assert set(on_disk) == {"copy_last", "context_mean", "exp_decay_mean", "ridge", *EXPERIMENTS.values()}
+    assert set(on_disk) == {"best_baseline", *PREDICTORS}
+    best = on_disk.pop("best_baseline")
+    assert set(best) == {"cosine", "mrr"} and {best["cosine"], best["mrr"]} <= PREDICTORS - set(EXPERIMENTS.values())
+    # chosen on val
+    baselines = ["copy_last", "context_mean", "exp_decay_mean", "ridge"]
+    assert best["cosine"] == max(baselines, key=lambda b: on_disk[b]["val"]["cosine_mean"])
+    assert best["mrr"] == max(baselines, key=lambda b: on_disk[b]["val"]["cand_mrr"])
     for name, splits in on_disk.items():
         assert set(splits) == {"val", "test"}
         for split, metrics in splits.items():
+            vs = metrics.pop("vs_best_baseline")
             assert tuple(metrics) == METRIC_KEYS
             assert metrics["cosine_ci_low"] <= metrics["cosine_mean"] <= metrics["cosine_ci_high"]
+            assert vs["cosine_baseline"] == best["cosine"] and vs["mrr_baseline"] == best["mrr"]
+            for key in ("cosine_diff", "cand_mrr_diff"):
+                assert vs[key + "_ci_low"] <= vs[key] <= vs[key + "_ci_high"]
+            ref = on_disk[best["cosine"]][split]
+            assert vs["cosine_diff"] == pytest.approx(metrics["cosine_mean"] - ref["cosine_mean"], abs=2e-6)
+    for split in ("val", "test"):  # the reference against itself: exactly 0, zero width
+        vs = results[best["cosine"]][split]["vs_best_baseline"]
+        assert vs["cosine_diff"] == vs["cosine_diff_ci_low"] == vs["cosine_diff_ci_high"] == 0.0
     # copy-last's prediction is the last context vector, so its direction score is cos(last, next) - 1
     assert on_disk["copy_last"]["test"]["directional_mean"] < 0
+    # ... it is one of the context vectors: PAR = 1 / max cos(next, context) >= 1
+    assert on_disk["copy_last"]["test"]["par_mean"] >= 1.0
+    # ... and without its own input in the bank it ranks better
+    assert on_disk["copy_last"]["test"]["r_at_1_full_bank"] == 0.0
+    assert on_disk["copy_last"]["test"]["cand_mrr"] > on_disk["copy_last"]["test"]["mrr_full_bank"]
     table = (trained / "metrics/results.md").read_text()
-    assert table.count("\n| ") == 1 + len(on_disk)  # header, then one row per predictor
-    assert "best baseline" in table
+    # three tables (cosine, retrieval, per-position curve): header, then one row per predictor each
+    assert table.count("\n| ") == 3 * (1 + len(on_disk))
+    assert "vs best baseline [95% CI]" in table and "paired difference to" in table and "reference" in table
+    assert "The curve adds" in table and "ridge at k=1, 2" in table
     text = readme.read_text()
     assert "old" not in text and table.strip() in text and text.endswith("tail\n")
     assert "No text sample" in (trained / "metrics/inspect_sample.md").read_text()
-    for png in ("test_comparison", "cosine_hist", "directional", "training_curves"):
+    for png in ("test_comparison", "cosine_hist", "directional", "training_curves", "context_curve"):
         img = matplotlib.image.imread(trained / "plots" / f"{png}.png")
         assert img.shape[0] > 200 and img.shape[1] > 400 and img.std() > 0.01  # a real, non-blank figure
+    assert "context curve:" in stdout and "WARNING" not in stdout
+
+    curve = json.loads((trained / "metrics/context_curve.json").read_text())
+    L = tiny_params()["data"]["context_length"]
+    ridge_k = tiny_params()["evaluate"]["ridge_k"]
+    grid = sorted({k for k in tiny_params()["evaluate"]["curve_k"] if k <= L} | {L})
+    assert curve["n_windows"] == on_disk["copy_last"]["test"]["n_windows"]
+    for name in PREDICTORS:
+        expected = [k for k in grid if name != "ridge" or k >= ridge_k]
+        assert list(curve[name]) == [str(k) for k in expected]
+        # at k = L the curve is the main evaluation
+        assert curve[name][str(L)]["cosine_mean"] == on_disk[name]["test"]["cosine_mean"]
+        for point in curve[name].values():
+            assert point["ci_low"] <= point["cosine_mean"] <= point["ci_high"]
+    # copy-last reads only the last vector: the same at every k
+    assert len({p["cosine_mean"] for p in curve["copy_last"].values()}) == 1
+    # context_mean over one vector is copy-last
+    assert curve["context_mean"]["1"] == curve["copy_last"]["1"]
+    assert "ridge at k=1" in curve["skipped"]
+
+
+def test_the_curve_truncates_the_context_but_keeps_the_targets(data_dir):
+    from lvm.data import WindowDataset
+
+    ds = WindowDataset(data_dir / "test.npz")
+    t = evaluate.truncated(ds, 3)
+    assert len(t) == len(ds) and t.context_length == 3
+    np.testing.assert_array_equal(t.targets_rows(), ds.targets_rows())
+    _, ctx_full, tgt_full = next(ds.batches(8))
+    _, ctx, tgt = next(t.batches(8))
+    np.testing.assert_array_equal(ctx.numpy(), ctx_full.numpy()[:, -3:])
+    np.testing.assert_array_equal(tgt.numpy(), tgt_full.numpy())
+    assert evaluate.truncated(ds, ds.context_length) is ds
+    assert evaluate.curve_grid([1, 2, 5, 10, 20, 50, 100], 10) == [1, 2, 5, 10]
+    assert evaluate.curve_grid([50, 3, 3], 7) == [3, 7]
+
+
+def test_one_article_split_warns_and_writes_no_interval(trained, data_dir, tmp_path, capsys):
+    one = tmp_path / "ctx"
+    one.mkdir()
+    for split in ("train", "val", "test"):
+        with NpzReader(data_dir / f"{split}.npz") as r:
+            arrays = {k: np.array(r.load(k)) for k in r.keys}
+        if split == "test":  # every test window in one (test-only) article
+            arrays["article_indices"][:] = arrays["article_indices"][0]
+        save_npz(one / f"{split}.npz", **arrays)
+    results = evaluate_into(trained, one, out=tmp_path)
+    stdout = capsys.readouterr().out
+    assert "WARNING: the test split has 1 article(s)" in stdout and "WARNING: the val split" not in stdout
+    on_disk = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    for name in PREDICTORS:
+        t, v = on_disk[name]["test"], on_disk[name]["val"]
+        assert t["n_articles"] == 1.0
+        assert all(t[k] is None for k in t if "_ci_" in k)
+        assert all(t["vs_best_baseline"][k] is None for k in t["vs_best_baseline"] if "_ci_" in k)
+        assert v["cosine_ci_low"] is not None  # val still has its articles
+    curve = json.loads((tmp_path / "metrics/context_curve.json").read_text())
+    assert curve["copy_last"]["1"]["ci_low"] is None
+    table = (tmp_path / "metrics/results.md").read_text()
+    assert "n/a: 1 article" in table and "WARNING" in table and "cannot be decided" in table
+    assert results["copy_last"]["test"]["cosine_ci_low"] is None
 
 
 def test_evaluation_is_deterministic(trained, data_dir):
@@ -81,13 +170,33 @@ def test_guard_fails_when_a_test_article_is_in_train(trained, data_dir, tmp_path
         evaluate_into(trained, leaky)
 
 
-def test_verdict_names_a_model_only_when_it_beats_the_best_baseline():
-    def entry(c, lo, hi):
-        return {"test": {"cosine_mean": c, "cosine_ci_low": lo, "cosine_ci_high": hi}}
+def _vs(c, lo, hi, m=0.0, mlo=-0.01, mhi=0.01):
+    return {"cosine_baseline": "ridge", "cosine_diff": c, "cosine_diff_ci_low": lo, "cosine_diff_ci_high": hi,
+            "mrr_baseline": "copy_last", "cand_mrr_diff": m, "cand_mrr_diff_ci_low": mlo,
+            "cand_mrr_diff_ci_high": mhi}
 
-    results = {"copy_last": entry(0.30, 0.28, 0.32), "ridge": entry(0.40, 0.38, 0.42),
-               "gru": entry(0.39, 0.37, 0.41), "big": entry(0.50, 0.45, 0.55)}
-    v = evaluate.verdict(results, ["copy_last", "ridge"], ["gru"], "cosine")
-    assert v.startswith("No model beats the best baseline (ridge")
-    v = evaluate.verdict(results, ["copy_last", "ridge"], ["gru", "big"], "cosine")
-    assert "big (0.5000)" in v and "gru" not in v and "intervals do not overlap for big" in v
+
+def test_verdict_comes_from_the_paired_interval():
+    best = {"cosine": "ridge", "mrr": "copy_last"}
+    results = {"gru": {"test": {"vs_best_baseline": _vs(0.01, -0.002, 0.02)}},
+               "big": {"test": {"vs_best_baseline": _vs(0.002, 0.001, 0.003, 0.05, 0.02, 0.08)}},
+               "bad": {"test": {"vs_best_baseline": _vs(-0.05, -0.07, -0.03)}}}
+    v = evaluate.verdict(results, ["copy_last", "ridge"], ["gru"], "cosine", best)
+    assert "to ridge (the best baseline on val cosine)" in v
+    assert "gru no significant difference (+0.0100 [-0.0020, +0.0200])" in v and v.endswith("No model beats it.")
+    # a small difference whose whole interval is above 0 beats; a large mean does not matter by itself
+    v = evaluate.verdict(results, ["copy_last", "ridge"], ["gru", "big", "bad"], "cosine", best)
+    assert "big beats" in v and "bad loses" in v and v.endswith("Beats it: big.")
+    v = evaluate.verdict(results, ["copy_last", "ridge"], ["gru", "big"], "mrr", best)
+    assert "to copy_last (the best baseline on val candidate MRR)" in v and v.endswith("Beats it: big.")
+
+
+def test_best_baseline_is_chosen_on_val_not_test():
+    def entry(val_cos, test_cos, val_mrr, test_mrr):
+        return {"val": {"cosine_mean": val_cos, "cand_mrr": val_mrr},
+                "test": {"cosine_mean": test_cos, "cand_mrr": test_mrr}}
+
+    results = {"copy_last": entry(0.30, 0.50, 0.20, 0.10), "context_mean": entry(0.40, 0.35, 0.05, 0.30),
+               "exp_decay_mean": entry(0.35, 0.45, 0.10, 0.20), "ridge": entry(0.20, 0.60, 0.15, 0.40)}
+    best = evaluate.choose_best_baseline(results, list(results))
+    assert best == {"cosine": "context_mean", "mrr": "copy_last"}  # test would say ridge for both

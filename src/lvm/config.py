@@ -78,6 +78,8 @@ DEFAULTS: dict = {
         "n_boot": 1000,
         "ridge_k": 5,  # ridge baseline reads the last k context vectors; lambda is chosen on held-out train
         "batch_size": 256,
+        # per-position curve: test cosine from the last k context vectors; k > L dropped, L always added
+        "curve_k": [1, 2, 5, 10, 20, 50, 100],
     },
 }
 
@@ -123,6 +125,10 @@ def _coerce(name: str, default, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(name, f"expected a number, got {value!r}")
         value = float(value)
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            _fail(name, f"expected a list, got {value!r}")
+        value = list(value)
     elif isinstance(default, str):
         if name in BOOL_OR_STR and isinstance(value, bool):
             return value
@@ -192,6 +198,10 @@ def validate(p: dict) -> dict:
         _fail("ingest.min_words", "must be between 1 and ingest.max_words")
     if p["evaluate"]["ridge_k"] < 1 or p["evaluate"]["ridge_k"] > L:
         _fail("evaluate.ridge_k", f"must be between 1 and data.context_length ({L})")
+    bad = [k for k in p["evaluate"]["curve_k"] if isinstance(k, bool) or not isinstance(k, int) or k < 1]
+    if bad:
+        _fail("evaluate.curve_k", f"must be a list of positive integers (context vectors), got {bad[0]!r} "
+              f"in {p['evaluate']['curve_k']!r}")
     return p
 
 

@@ -28,6 +28,24 @@ MARK_START, MARK_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
 METRICS = (("cosine_mean", "test cosine"), ("r_at_5", "test R@5"))
 
 
+# evaluate.json renamed its full-bank retrieval keys (candidate-only retrieval came in beside them);
+# recorded sweeps hold the old names, so new runs are read under the old ones: one table for both.
+RENAMED = {"r_at_5": "r_at_5_full_bank", "r_at_5_ci_low": "r_at_5_full_bank_ci_low",
+           "r_at_5_ci_high": "r_at_5_full_bank_ci_high"}
+
+
+def _predictors_only(ev: dict) -> dict:
+    """{predictor: {split: metrics}} without evaluate.json's other top-level keys (best_baseline),
+    with the full-bank keys also under their old names."""
+    out = {}
+    for name, splits in ev.items():
+        if not isinstance(splits, dict) or not isinstance(splits.get("test"), dict):
+            continue
+        out[name] = {split: {**m, **{old: m[new] for old, new in RENAMED.items() if new in m and old not in m}}
+                     for split, m in splits.items()}
+    return out
+
+
 def _rows(show: list) -> list[dict]:
     """Every finished experiment row of `dvc exp show --json` (experiments under each baseline commit).
     Queued, running and failed ones are left out: a running one shows its temp workspace's old metrics."""
@@ -63,7 +81,7 @@ def collect(show: list, min_target_position: int | None = None) -> dict:
             continue
         train = {k: _get(data, "metrics", f"metrics/train_{k}.json", "data") or {}
                  for k in ("baseline", "hierarchical", "memory")}
-        found.append({"name": name, "L": int(L), "P": int(P), "evaluate": ev, "train": train,
+        found.append({"name": name, "L": int(L), "P": int(P), "evaluate": _predictors_only(ev), "train": train,
                       "timestamp": data.get("timestamp") or "", "params": params})
     if not found:
         raise LvmError("exp show JSON: no experiment with metrics/evaluate.json; run the sweep first")

@@ -1,12 +1,20 @@
 """Stage evaluate: every trained model and every no-training baseline on the held-out splits.
 
-Writes metrics/evaluate.json ({predictor: {split: {metric: value}}}), metrics/results.md (also
-spliced into README.md between the results markers), PNG figures under plots/ and
-metrics/inspect_sample.md: a few windows of one test article decoded to text (lvm.inspect).
+Writes metrics/evaluate.json ({"best_baseline": {"cosine": name, "mrr": name}, predictor: {split:
+{metric: value, "vs_best_baseline": {...}}}}), metrics/context_curve.json (test cosine from the last k
+context vectors only, per predictor and k), metrics/results.md (also spliced into README.md between
+the results markers), PNG figures under plots/ and metrics/inspect_sample.md: a few windows of one
+test article decoded to text (lvm.inspect).
+
+"Better" is decided by paired differences: every predictor is scored on the same windows, so the
+per-window difference to the best baseline (chosen on val, never on test) is bootstrapped over
+articles, the same articles for both predictors in every resample.
 """
 from __future__ import annotations
 
+import copy
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +25,13 @@ from lvm.baselines import make_baselines, predict_batches
 from lvm.cli import stage_main
 from lvm.data import WindowDataset
 from lvm.io import write_json, write_text
-from lvm.metrics import evaluate_predictions
+from lvm.metrics import (MIN_CI_ARTICLES, context_max_cosine, cosine, evaluate_predictions, group_ci,
+                         interval_verdict, paired_difference)
 from lvm.train import DATA_DIR, EXPERIMENTS, load_model, predict, resolve_device, set_threads
 
 EVAL_SPLITS = ("val", "test")
 OUT_JSON = "metrics/evaluate.json"
+OUT_CURVE = "metrics/context_curve.json"
 OUT_MD = "metrics/results.md"
 OUT_SAMPLE = "metrics/inspect_sample.md"
 SAMPLE_WINDOWS, SAMPLE_K = 3, 5
@@ -58,26 +68,112 @@ def fit_baselines(cfg: dict, train: WindowDataset) -> dict:
     return baselines
 
 
-def score(pred: np.ndarray, ds: WindowDataset, cfg: dict):
+def score(pred: np.ndarray, ds: WindowDataset, cfg: dict, true_ctx_max: np.ndarray | None = None):
     vectors = ds.vectors_np
     return evaluate_predictions(
         pred, vectors[ds.targets_rows()], vectors[ds.last_context_rows()], ds.window_articles(),
         vectors, ds.article_indices, ds.targets_rows(), n_boot=cfg["n_boot"], seed=0,
-        return_per_window=True)
+        return_per_window=True, context_rows=(ds.starts, ds.context_length), true_ctx_max=true_ctx_max)
+
+
+def choose_best_baseline(results: dict, baselines: list[str], split: str = "val") -> dict:
+    """The reference for "better": highest val cosine and highest val candidate MRR. Choosing it on
+    test would pick the baseline that happened to do well on the very windows it is compared on
+    (first in registry order on a tie)."""
+    return {"cosine": max(baselines, key=lambda b: results[b][split]["cosine_mean"]),
+            "mrr": max(baselines, key=lambda b: results[b][split]["cand_mrr"])}
+
+
+def _r(x):
+    return None if x is None else round(float(x), 6)
+
+
+def vs_best_baseline(per_window: dict, name: str, split: str, best: dict, articles: np.ndarray,
+                     cfg: dict) -> dict:
+    """Paired per-window differences of `name` to the best baselines on `split` (cosine, and the
+    reciprocal candidate-only rank, whose mean difference is the candidate-MRR difference)."""
+    pw, ref_c, ref_m = per_window[(name, split)], per_window[(best["cosine"], split)], per_window[(best["mrr"], split)]
+    c = paired_difference(pw["cosine"], ref_c["cosine"], articles, n_boot=cfg["n_boot"], seed=0)
+    m = paired_difference(1.0 / pw["cand_rank"], 1.0 / ref_m["cand_rank"], articles, n_boot=cfg["n_boot"], seed=0)
+    return {"cosine_baseline": best["cosine"], "cosine_diff": _r(c["mean"]),
+            "cosine_diff_ci_low": _r(c["ci_low"]), "cosine_diff_ci_high": _r(c["ci_high"]),
+            "mrr_baseline": best["mrr"], "cand_mrr_diff": _r(m["mean"]),
+            "cand_mrr_diff_ci_low": _r(m["ci_low"]), "cand_mrr_diff_ci_high": _r(m["ci_high"])}
+
+
+def truncated(ds: WindowDataset, k: int) -> WindowDataset:
+    """The same windows (same targets) with only their last k context vectors: a window of length k
+    starting L-k rows later. Shares the vectors; every model and baseline runs on it unchanged."""
+    L = ds.context_length
+    if not 1 <= k <= L:
+        raise ValueError(f"k={k} outside 1..{L}")
+    if k == L:
+        return ds
+    other = copy.copy(ds)
+    other.starts = ds.starts + (L - k)
+    other._starts_t = torch.from_numpy(other.starts)
+    other.context_length = k
+    return other
+
+
+def curve_grid(curve_k: list[int], L: int) -> list[int]:
+    """evaluate.curve_k without values > L (no such context exists), with L itself always included."""
+    return sorted({int(k) for k in curve_k if k <= L} | {L})
+
+
+def context_curve(predictors: dict, ds: WindowDataset, grid: list[int], cfg: dict, min_context: dict,
+                  full: dict) -> dict:
+    """{predictor: {str(k): {cosine_mean, ci_low, ci_high}}} on `ds` from the last k context vectors.
+
+    `min_context[name]` = fewest context vectors a predictor can read (ridge: evaluate.ridge_k); it is
+    skipped below that rather than fed zero padding it never saw in fitting. `full[name]` holds the
+    predictions on the whole context, reused at k = L."""
+    target = ds.vectors_np[ds.targets_rows()]
+    articles = ds.window_articles()
+    out = {"n_windows": len(ds), "n_articles": int(np.unique(articles).size)}
+    skipped = []
+    for name, fn in predictors.items():
+        out[name] = {}
+        too_short = [k for k in grid if k < min_context.get(name, 1)]
+        if too_short:
+            skipped.append(f"{name} at k={', '.join(map(str, too_short))} (it reads the last "
+                           f"{min_context[name]} context vectors)")
+        for k in grid:
+            if k in too_short:
+                continue
+            with torch.no_grad():
+                pred = full[name] if k == ds.context_length else fn(truncated(ds, k))
+            cos = cosine(pred, target).astype(np.float64)
+            lo, hi = group_ci(cos, articles, n_boot=cfg["n_boot"], seed=0)
+            out[name][str(k)] = {"cosine_mean": _r(cos.mean()), "ci_low": _r(lo), "ci_high": _r(hi)}
+    out["skipped"] = "; ".join(skipped) if skipped else "none"
+    return out
+
+
+def warn_few_articles(split: str, n_articles: int) -> str | None:
+    if n_articles >= MIN_CI_ARTICLES:
+        return None
+    msg = (f"WARNING: the {split} split has {n_articles} article(s): no bootstrap interval can be formed "
+           f"(needs >= {MIN_CI_ARTICLES} articles; unreliable below ~5); intervals are written as null")
+    print(msg)
+    return msg
 
 
 def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json: str = OUT_JSON,
         out_md: str = OUT_MD, plots_dir: str = PLOTS, readme: str | None = README,
-        live_dir: str = "dvclive", out_sample: str | None = OUT_SAMPLE) -> dict:
+        live_dir: str = "dvclive", out_sample: str | None = OUT_SAMPLE, out_curve: str = OUT_CURVE) -> dict:
     cfg = p["evaluate"]
     set_threads(p["train"]["threads"])
     device = resolve_device(p["train"]["device"])
     datasets = {s: WindowDataset(Path(data_dir) / f"{s}.npz") for s in ("train", *EVAL_SPLITS)}
     check_disjoint(datasets)
-    results, per_window = {}, {}
+    warnings = [w for s in EVAL_SPLITS
+                if (w := warn_few_articles(s, int(np.unique(datasets[s].window_articles()).size)))]
+    results, per_window, test_preds = {}, {}, {}
     baselines = fit_baselines(cfg, datasets["train"])
     predictors = {name: (lambda ds, b=b: predict_batches(b, context_chunks(ds, cfg["batch_size"])))
                   for name, b in baselines.items()}
+    min_context = {"ridge": cfg["ridge_k"]} if "ridge" in baselines else {}
     models = {}
     for experiment, model_name in EXPERIMENTS.items():  # reported under the model's name
         path = Path(models_dir) / experiment / "best.pt"
@@ -86,28 +182,54 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
         model = models[model_name] = load_model(path, device)
         predictors[model_name] = (lambda ds, m=model: predict(m, ds, cfg["batch_size"], device,
                                                               p["train"]["precision"]))
+    # PAR's denominator (max cosine of each true next vector to its context) is the same for every
+    # predictor: once per split
+    true_ctx_max = {s: context_max_cosine(datasets[s].vectors_np[datasets[s].targets_rows()], datasets[s].vectors_np,
+                                          (datasets[s].starts, datasets[s].context_length)) for s in EVAL_SPLITS}
     for name, fn in predictors.items():
         results[name] = {}
         for split in EVAL_SPLITS:
             with torch.no_grad():
-                summary, pw = score(fn(datasets[split]), datasets[split], cfg)
+                pred = fn(datasets[split])
+                summary, pw = score(pred, datasets[split], cfg, true_ctx_max[split])
+            if split == "test":
+                test_preds[name] = pred
             results[name][split] = summary
             per_window[(name, split)] = pw
+    best = choose_best_baseline(results, list(baselines))
+    print(f"best baseline on val: cosine {best['cosine']}, candidate MRR {best['mrr']}")
+    for name in predictors:
+        for split in EVAL_SPLITS:
+            results[name][split]["vs_best_baseline"] = vs_best_baseline(
+                per_window, name, split, best, datasets[split].window_articles(), cfg)
         t = results[name]["test"]
-        print(f"{name:>16}: test cosine {t['cosine_mean']:.4f} [{t['cosine_ci_low']:.4f}, "
-              f"{t['cosine_ci_high']:.4f}]  R@5 {t['r_at_5']:.4f}  MRR {t['mrr']:.4f}  "
+        v = t["vs_best_baseline"]
+        print(f"{name:>16}: test cosine {t['cosine_mean']:.4f} {fmt_ci(t['cosine_ci_low'], t['cosine_ci_high'])}  "
+              f"vs {best['cosine']} {fmt_diff(v, 'cosine_diff')}  cand MRR {t['cand_mrr']:.4f} "
+              f"vs {best['mrr']} {fmt_diff(v, 'cand_mrr_diff')}  PAR {fmt(t['par_mean'])}  "
               f"dir {t['directional_mean']:+.4f}")
-    write_json(out_json, results)
-    table = results_table(results, list(baselines), list(EXPERIMENTS.values()))
+    out = {"best_baseline": best, **results}
+    write_json(out_json, out)
+
+    t0 = time.perf_counter()
+    grid = curve_grid(cfg["curve_k"], datasets["test"].context_length)
+    curve = context_curve(predictors, datasets["test"], grid, cfg, min_context, test_preds)
+    curve_seconds = time.perf_counter() - t0
+    print(f"context curve: k in {grid} for {len(predictors)} predictors on {curve['n_windows']} test windows "
+          f"in {curve_seconds:.1f} s (skipped: {curve['skipped']})")
+    write_json(out_curve, curve)
+
+    table = results_table(results, list(baselines), list(EXPERIMENTS.values()), best, curve=curve,
+                          curve_seconds=curve_seconds, warnings=warnings)
     write_text(out_md, table)
     if readme and Path(readme).is_file():
         splice_readme(readme, table)
     from lvm.plots import make_figures
 
-    make_figures(results, per_window, list(baselines), EXPERIMENTS, plots_dir, live_dir)
+    make_figures(results, per_window, list(baselines), EXPERIMENTS, plots_dir, live_dir, best=best, curve=curve)
     if out_sample:
         write_text(out_sample, inspect_sample(p, datasets["test"], models, device))
-    return results
+    return out
 
 
 def inspect_sample(p: dict, test: WindowDataset, models: dict, device) -> str:
@@ -132,42 +254,113 @@ def inspect_sample(p: dict, test: WindowDataset, models: dict, device) -> str:
     return format_markdown(records, note)
 
 
-def verdict(results: dict, baselines: list[str], models: list[str], metric: str) -> str:
-    """Which model (if any) beats the best baseline on `metric`, with non-overlapping 95% intervals."""
-    key = "cosine_mean" if metric == "cosine" else metric
-    best_b = max(baselines, key=lambda b: results[b]["test"][key])
-    lo, hi = (f"{metric}_ci_low", f"{metric}_ci_high")
-    b = results[best_b]["test"]
-    winners = [m for m in models if results[m]["test"][key] > b[key]]
-    clear = [m for m in winners if lo in b and results[m]["test"][lo] > b[hi]]
-    if not winners:
-        return f"No model beats the best baseline ({best_b}, {b[key]:.4f}) on test {metric}."
-    return (f"Above the best baseline ({best_b}, {b[key]:.4f}) on test {metric}: "
-            + ", ".join(f"{m} ({results[m]['test'][key]:.4f})" for m in winners)
-            + ("; intervals do not overlap for " + ", ".join(clear) if clear else
-               "; but the 95% intervals overlap, so the difference is not established") + ".")
+def fmt(x, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
-def results_table(results: dict, baselines: list[str], models: list[str]) -> str:
+def fmt_ci(lo, hi, spec: str = ".4f", n_articles: int | None = None) -> str:
+    if lo is None or hi is None:
+        return f"[n/a: {int(n_articles)} article{'s' if n_articles != 1 else ''}]" if n_articles is not None \
+            else "[n/a]"
+    return f"[{lo:{spec}}, {hi:{spec}}]"
+
+
+def fmt_diff(v: dict, key: str, n_articles: int | None = None) -> str:
+    return f"{v[key]:+.4f} {fmt_ci(v[key + '_ci_low'], v[key + '_ci_high'], '+.4f', n_articles)}"
+
+
+def verdict(results: dict, baselines: list[str], models: list[str], metric: str, best: dict,
+            split: str = "test") -> str:
+    """One sentence per metric ("cosine" or "mrr"), from the paired intervals of each model's
+    difference to the best baseline chosen on val: "beats" only when the whole interval is above 0."""
+    key = {"cosine": "cosine_diff", "mrr": "cand_mrr_diff"}[metric]
+    label = {"cosine": "cosine", "mrr": "candidate MRR"}[metric]
+    ref = best[metric]
+    parts, winners = [], []
+    for m in models:
+        v = results[m][split]["vs_best_baseline"]
+        word = interval_verdict(v[key + "_ci_low"], v[key + "_ci_high"])
+        if word == "no interval":
+            word = "cannot be decided (too few articles for an interval)"
+        if word == "beats":
+            winners.append(m)
+        parts.append(f"{m} {word} ({fmt_diff(v, key)})")
+    head = (f"Test {label}, paired difference to {ref} (the best baseline on val {label}), 95% article "
+            "bootstrap: ")
+    tail = (f"Beats it: {', '.join(winners)}." if winners else "No model beats it.")
+    return head + ("; ".join(parts) + ". " if parts else "") + tail
+
+
+def results_table(results: dict, baselines: list[str], models: list[str], best: dict, curve: dict | None = None,
+                  curve_seconds: float | None = None, warnings: list[str] | None = None) -> str:
     n = results[models[0] if models else baselines[0]]["test"]
+    n_art = int(n["n_articles"])
     lines = [
-        f"Held-out **test** split: {int(n['n_windows'])} windows from {int(n['n_articles'])} articles "
-        "never seen in training. Intervals: 95% bootstrap over articles. `dir` = cos(pred, next) − "
-        "cos(pred, last context vector); negative means the predictor leans toward copying.",
+        f"Held-out **test** split: {int(n['n_windows'])} windows from {n_art} articles never seen in training. "
+        "Intervals: 95% bootstrap over articles. `vs best baseline` = mean per-window difference to the "
+        f"baseline that scores best on **val** ({best['cosine']} for cosine, {best['mrr']} for MRR), the "
+        "same articles drawn for both in every resample (paired). `PAR` = max cos(pred, context) / max "
+        "cos(true next, context), > 1 copies more than real text does. `dir` = cos(pred, next) − cos(pred, "
+        "last context vector); negative means the predictor leans toward copying.",
         "",
-        "| predictor | kind | cosine [95% CI] | R@1 | R@5 [95% CI] | R@10 | MRR | article MRR | contrastive acc | dir [95% CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for w in warnings or []:
+        lines += [f"**{w}.**", ""]
+    lines += [
+        "| predictor | kind | cosine [95% CI] | vs best baseline [95% CI] | PAR | dir [95% CI] |",
+        "|---|---|---|---|---|---|",
     ]
     for name in baselines + models:
         t = results[name]["test"]
         kind = "baseline" if name in baselines else "model"
+        vs = "reference" if name == best["cosine"] else fmt_diff(t["vs_best_baseline"], "cosine_diff", n_art)
+        cos_ci = fmt_ci(t["cosine_ci_low"], t["cosine_ci_high"], n_articles=n_art)
+        dir_ci = fmt_ci(t["directional_ci_low"], t["directional_ci_high"], "+.4f", n_art)
+        lines.append(f"| {name} | {kind} | {t['cosine_mean']:.4f} {cos_ci} | {vs} | {fmt(t['par_mean'], '.3f')} "
+                     f"| {t['directional_mean']:+.4f} {dir_ci} |")
+    lines += [
+        "",
+        "Retrieval: rank of the true next vector among the test vectors **minus the window's own context** "
+        "(candidate-only: the next chunk is never one of its context chunks). `full bank` keeps the context "
+        "rows, where copy-last's own input always ranks first (its full-bank R@1 is 0 by construction).",
+        "",
+        "| predictor | kind | R@1 | R@5 | R@10 | MRR [95% CI] | vs best baseline [95% CI] "
+        "| full-bank R@5 | full-bank MRR | article MRR | contrastive acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in baselines + models:
+        t = results[name]["test"]
+        kind = "baseline" if name in baselines else "model"
+        vs = "reference" if name == best["mrr"] else fmt_diff(t["vs_best_baseline"], "cand_mrr_diff", n_art)
         lines.append(
-            f"| {name} | {kind} | {t['cosine_mean']:.4f} [{t['cosine_ci_low']:.4f}, {t['cosine_ci_high']:.4f}] "
-            f"| {t['r_at_1']:.4f} | {t['r_at_5']:.4f} [{t['r_at_5_ci_low']:.4f}, {t['r_at_5_ci_high']:.4f}] "
-            f"| {t['r_at_10']:.4f} | {t['mrr']:.4f} | {t['article_mrr']:.4f} | {t['contrastive_acc']:.4f} "
-            f"| {t['directional_mean']:+.4f} [{t['directional_ci_low']:+.4f}, {t['directional_ci_high']:+.4f}] |")
-    lines += ["", verdict(results, baselines, models, "cosine"), "", verdict(results, baselines, models, "r_at_5"), ""]
+            f"| {name} | {kind} | {t['cand_r_at_1']:.4f} | {t['cand_r_at_5']:.4f} | {t['cand_r_at_10']:.4f} "
+            f"| {t['cand_mrr']:.4f} {fmt_ci(t['cand_mrr_ci_low'], t['cand_mrr_ci_high'], n_articles=n_art)} | {vs} "
+            f"| {t['r_at_5_full_bank']:.4f} | {t['mrr_full_bank']:.4f} | {t['article_mrr']:.4f} "
+            f"| {t['contrastive_acc']:.4f} |")
+    lines += ["", verdict(results, baselines, models, "cosine", best), "",
+              verdict(results, baselines, models, "mrr", best), ""]
+    if curve:
+        lines += curve_table(curve, baselines + models, curve_seconds)
     return "\n".join(lines)
+
+
+def curve_table(curve: dict, names: list[str], seconds: float | None) -> list[str]:
+    ks = sorted({int(k) for name in names for k in curve.get(name, {})})
+    lines = [
+        f"Per-position curve: test cosine when each predictor sees only the **last k** context vectors "
+        f"(same {curve['n_windows']} targets at every k; 95% intervals in `metrics/context_curve.json`, "
+        "figure `plots/context_curve.png`)"
+        + (f"; skipped: {curve['skipped']}" if curve["skipped"] != "none" else "")
+        + (f". The curve adds {seconds:.1f} s to this stage." if seconds is not None else "."),
+        "",
+        "| predictor | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---|" + "---:|" * len(ks),
+    ]
+    for name in names:
+        row = curve.get(name, {})
+        lines.append(f"| {name} | " + " | ".join(
+            f"{row[str(k)]['cosine_mean']:.4f}" if str(k) in row else "—" for k in ks) + " |")
+    return lines + [""]
 
 
 def splice_readme(readme: str, table: str, start: str = MARK_START, end: str = MARK_END) -> None:
