@@ -44,7 +44,7 @@ def test_rebuild_from_config(name):
     model = small(name).eval()
     cfg = model.config
     assert cfg["name"] == name and cfg["input_dim"] == D and cfg["context_length"] == L
-    assert set(cfg) == {"name", "input_dim", "context_length", *MODEL_PARAMS[name]}
+    assert set(cfg) == {"name", "input_dim", "context_length", "normalize", *MODEL_PARAMS[name]}
     import json
     cfg = json.loads(json.dumps(cfg))  # what a checkpoint stores
     torch.manual_seed(123)  # different init, so equality below comes from the state dict
@@ -117,7 +117,11 @@ def test_unused_keys_ignored_used_keys_validated():
     model = create_model("lstm", input_dim=D, context_length=L, hidden_dim=32, chunk_size=7, memory_slots=-1,
                          whatever="x")
     assert model.config == {"name": "lstm", "input_dim": D, "context_length": L, "hidden_dim": 32,
-                            "lstm_layers": 2, "dropout": 0.0}
+                            "lstm_layers": 2, "dropout": 0.0, "anchor": "none", "normalize": "none"}
+    with pytest.raises(ValueError, match="model.anchor"):
+        create_model("gru", input_dim=D, context_length=L, anchor="mean")
+    with pytest.raises(ValueError, match="train.normalize"):
+        create_model("gru", input_dim=D, context_length=L, normalize="minmax")
     with pytest.raises(ValueError, match="model.hidden_dim"):
         create_model("gru", input_dim=D, context_length=L, hidden_dim=0)
     with pytest.raises(ValueError, match="model.dropout"):
@@ -132,10 +136,10 @@ def test_unused_keys_ignored_used_keys_validated():
 
 def test_model_params_cover_defaults():
     assert MODEL_NAMES == ("lstm", "gru", "transformer", "amn", "hierarchical_gru", "memory_gru")
-    assert MODEL_PARAMS["memory_gru"] == ("hidden_dim", "memory_slots", "memory_layers", "dropout")
+    assert MODEL_PARAMS["memory_gru"] == ("hidden_dim", "memory_slots", "memory_layers", "dropout", "anchor")
     assert "memory_slots" not in MODEL_PARAMS["gru"]
     for name, keys in MODEL_PARAMS.items():
-        assert "dropout" in keys
+        assert "dropout" in keys and "anchor" in keys
 
 
 @pytest.mark.parametrize("length", [50, 200])
@@ -299,3 +303,92 @@ def test_fast_gru_path_matches_nn_gru_path(name, monkeypatch):
     torch.testing.assert_close(raw1, raw0, rtol=1e-5, atol=1e-5)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+# --- every-position prediction, anchors and the normalised space (train.targets, model.anchor, train.normalize)
+
+SEQUENCE_MODELS = [n for n in MODEL_NAMES if n != "amn"]
+
+
+@pytest.mark.parametrize("anchor", ["none", "decay_mean"])
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_every_position_is_causal(name, anchor):
+    # changing the vectors after position t never changes the prediction at t (and does change later ones)
+    model = small(name, anchor=anchor).eval()
+    if anchor != "none":  # a zero head would hide a leak in it: give it weights
+        torch.manual_seed(5)
+        for layer in model.OUTPUT_LAYERS:
+            torch.nn.init.normal_(model.get_submodule(layer).weight, std=0.1)
+    x = batch()
+    t = 11
+    y = x.clone()
+    y[:, t + 1:] = batch(seed=9)[:, t + 1:]
+    with torch.no_grad():
+        seq_x, seq_y = model(x, all_positions=True), model(y, all_positions=True)
+    assert seq_x.shape == (B, L, D)
+    torch.testing.assert_close(seq_y[:, :t + 1], seq_x[:, :t + 1], rtol=0, atol=1e-6)
+    assert (seq_y[:, t + 1:] - seq_x[:, t + 1:]).abs().max() > 1e-3
+    # the last position of the sequence output is the ordinary prediction after the whole context
+    torch.testing.assert_close(seq_x[:, -1], model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in SEQUENCE_MODELS if n != "hierarchical_gru"])
+def test_every_position_equals_prefix_prediction(name):
+    # position t of one pass = the model run on the first t+1 vectors (hierarchical_gru's chunk grid
+    # is aligned to the end of the context, so its prefixes are chunked differently)
+    model = small(name).eval()
+    x = batch()
+    with torch.no_grad():
+        seq = model(x, all_positions=True)
+        for t in (0, 4, 13):
+            torch.testing.assert_close(seq[:, t], model(x[:, :t + 1]), rtol=1e-5, atol=1e-5)
+
+
+def test_amn_refuses_every_position():
+    with pytest.raises(ValueError, match="train.targets: last"):
+        small("amn")(batch(), all_positions=True)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fresh_anchored_model_equals_its_baseline(name):
+    import numpy as np
+    from lvm.baselines import CopyLast, ExpDecayMean
+    x = batch()
+    for anchor, baseline in (("decay_mean", ExpDecayMean(decay=0.8)), ("last", CopyLast())):
+        model = small(name, anchor=anchor, normalize="standard").eval()
+        model.set_anchor_decay(0.8)
+        model.set_normalizer(torch.full((D,), 0.1), torch.full((D,), 2.0))
+        expected = torch.from_numpy(baseline.predict(x.numpy()))
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-6)
+        if model.SEQUENCE:  # at every position too: the baseline on the context so far
+            seq = model(x, all_positions=True)
+            for t in (0, 6):
+                torch.testing.assert_close(seq[:, t], torch.from_numpy(baseline.predict(x[:, :t + 1].numpy())),
+                                           rtol=0, atol=1e-6)
+    # and training moves it off the baseline (the zero layer gets a gradient)
+    model = small(name, anchor="decay_mean").train()
+    _, raw = model(x, return_raw=True)
+    (1 - F.cosine_similarity(raw, batch(seed=3)[:, 0], dim=-1)).mean().backward()
+    grads = [model.get_submodule(n).weight.grad for n in model.OUTPUT_LAYERS]
+    assert any(g is not None and g.abs().max() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("kind", ["center", "standard", "robust"])
+def test_normalizer_round_trips(kind):
+    import numpy as np
+    from lvm.models.base import fit_normalizer
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((500, D)) * rng.uniform(0.1, 3, D) + rng.uniform(-1, 1, D)
+    shift, scale = fit_normalizer(rows, kind)
+    z = (torch.tensor(rows, dtype=torch.float32) - shift) / scale
+    torch.testing.assert_close(z * scale + shift, torch.tensor(rows, dtype=torch.float32), rtol=1e-5, atol=1e-5)
+    centre = z.median(0).values if kind == "robust" else z.mean(0)
+    assert centre.abs().max() < 0.02
+    if kind == "standard":
+        torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(D), rtol=1e-3, atol=1e-3)
+    # a model whose head outputs z predicts z de-normalised: the original space
+    model = small("gru", normalize=kind)
+    model.set_normalizer(shift, scale)
+    model.head_output = lambda x, all_positions=False: x[:, -1]  # identity head: reads the normalised input
+    x = torch.tensor(rows[:L], dtype=torch.float32)[None]
+    torch.testing.assert_close(model.predict_raw(x)[0], x[0, -1], rtol=1e-5, atol=1e-5)

@@ -133,3 +133,71 @@ def test_bf16_context_table_barely_moves_amn(tmp_path, data_dir):
     m2, _ = train(tmp_path, data_dir, "b16", model="amn", precision="bf16", bf16_contexts=True)
     assert m1["best_val_cosine"] != m2["best_val_cosine"]
     assert abs(m1["best_val_cosine"] - m2["best_val_cosine"]) < 1e-3
+
+
+# --- train.targets all, model.anchor, train.normalize, train.patience --------------------------
+
+def test_every_position_training_counts_targets_and_learns(tmp_path, data_dir):
+    last, _ = train(tmp_path, data_dir, "last", epochs=2)
+    every, _ = train(tmp_path, data_dir, "all", epochs=2, targets="all", min_context=3)
+    assert every["targets"] == "all" and last["targets"] == "last"
+    # each window scores L - min_context + 1 positions: 8x the targets of last-only training
+    assert every["train_targets_seen"] == 8 * last["train_targets_seen"]
+    assert every["target_passes"] == pytest.approx(every["train_targets_seen"] / every["unique_train_targets"], abs=1e-3)
+    assert every["best_val_loss"] != last["best_val_loss"]
+
+
+def test_amn_refuses_every_position_training(tmp_path, data_dir):
+    from lvm import LvmError
+    with pytest.raises(LvmError, match="train.targets"):
+        train(tmp_path, data_dir, "amn", model="amn", targets="all")
+
+
+def test_anchored_model_starts_at_its_baseline_with_train_statistics(tmp_path, data_dir):
+    from lvm.baselines import ExpDecayMean
+    from lvm.models.base import fit_normalizer
+    from lvm.train import fit_anchor_decay
+    # lr 0: the checkpoint is the fresh model, so it must predict exactly the baseline fitted on train
+    metrics, out = train(tmp_path, data_dir, "anch", epochs=1, lr=1e-12, normalize="robust")
+    p = tiny_params()
+    assert metrics["anchor"] == "none"
+    p["model"]["anchor"] = "decay_mean"
+    p["train"].update(epochs=1, lr=1e-12, normalize="robust", targets="all")
+    run(p, "gru", "exp", data_dir=str(data_dir), models_dir=str(out / "m2"), metrics_dir=str(out / "x2"),
+        live_dir=str(out / "l2"), progress=False)
+    model = load_model(out / "m2/exp/best.pt")
+    tr, val = WindowDataset(data_dir / "train.npz"), WindowDataset(data_dir / "val.npz")
+    decay = fit_anchor_decay(tr)
+    assert float(model.anchor_decay) == pytest.approx(decay)
+    expected = np.concatenate([ExpDecayMean(decay=decay).predict(c.numpy()) for _, c, _ in val.batches(64)])
+    np.testing.assert_allclose(predict(model, val), expected, atol=1e-4)
+    # the normaliser is the train split's, not val's or test's (and it travelled in the checkpoint)
+    shift, scale = fit_normalizer(tr.vectors_np, "robust")
+    torch.testing.assert_close(model.norm_shift, shift)
+    torch.testing.assert_close(model.norm_scale, scale)
+    everything = np.concatenate([WindowDataset(data_dir / f"{s}.npz").vectors_np for s in ("train", "val", "test")])
+    assert not torch.allclose(model.norm_shift, fit_normalizer(everything, "robust")[0])
+
+
+def test_patience_stops_early_and_keeps_the_best(tmp_path, data_dir):
+    # lr so small that val loss cannot improve after the first epoch by more than noise... use a huge
+    # lr instead: the loss gets worse, so with patience 1 training stops after epoch 2
+    metrics, out = train(tmp_path, data_dir, "pat", epochs=6, lr=5.0, patience=1)
+    assert metrics["epochs"] < 6
+    assert metrics["epochs"] - metrics["best_epoch"] == 1
+
+
+def test_infonce_ignores_near_duplicate_negatives():
+    from lvm.train import near_duplicates
+    rows = torch.tensor([10, 11, 20, 10])
+    articles = torch.tensor([1, 1, 1, 2])
+    near = near_duplicates(rows, articles)
+    assert near.tolist() == [[False, True, False, False], [True, False, False, False],
+                             [False, False, False, False], [False, False, False, False]]
+    # a batch where the second target is a near-duplicate of the first: masked, the loss of a
+    # prediction equal to the first target no longer counts the duplicate as a rival
+    t = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    t[1] = t[0]
+    masked = compute_loss(t, t, t, "infonce", rows=rows, articles=articles)
+    unmasked = compute_loss(t, t, t, "infonce")
+    assert masked < unmasked - 0.1

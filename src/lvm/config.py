@@ -51,6 +51,7 @@ DEFAULTS: dict = {
         "hierarchy_layers": 2,
         "memory_slots": 2048,
         "memory_layers": 4,
+        "anchor": "none",  # none | last | decay_mean: raw prediction = anchor baseline + learned remainder
     },
     "train": {
         "seed": 42,
@@ -73,6 +74,10 @@ DEFAULTS: dict = {
         "resume": False,
         "nproc": 1,  # processes on this node; > 1 relaunches `python -m lvm.train` through torchrun (DDP)
         "mmap": "auto",  # read split vectors through a memory map: auto | true | false (see README)
+        "targets": "last",  # last (one target per window) | all (the next vector after every position)
+        "min_context": 1,  # with targets all: positions with fewer context vectors are not scored
+        "normalize": "none",  # none | center | standard | robust: per-dimension, fitted on the train split
+        "patience": 0,  # stop after this many epochs without a lower val loss (0 = never)
     },
     "evaluate": {
         "n_boot": 1000,
@@ -88,6 +93,9 @@ CHOICES = {
     ("ingest", "precision"): ("bf16", "fp32"),
     ("train", "loss"): ("mse", "cosine", "infonce", "mse+infonce", "cosine+infonce"),
     ("train", "precision"): ("fp32", "bf16"),
+    ("train", "targets"): ("last", "all"),
+    ("train", "normalize"): ("none", "center", "standard", "robust"),
+    ("model", "anchor"): ("none", "last", "decay_mean"),
 }
 
 # String params that also take true/false (YAML turns a bare true/false into a boolean).
@@ -187,6 +195,10 @@ def validate(p: dict) -> dict:
     for key in ("threads", "window_stride", "max_train_windows", "lr_patience"):
         if train[key] < 0:
             _fail(f"train.{key}", f"must be >= 0, got {train[key]}")
+    if not 1 <= train["min_context"] <= L:
+        _fail("train.min_context", f"must be between 1 and data.context_length ({L}), got {train['min_context']}")
+    if train["patience"] < 0:
+        _fail("train.patience", f"must be >= 0 (0 = no early stopping), got {train['patience']}")
     if train["nproc"] < 1:
         _fail("train.nproc", f"must be >= 1, got {train['nproc']}")
     if train["batch_size"] % train["nproc"]:

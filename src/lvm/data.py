@@ -307,7 +307,7 @@ class WindowDataset:
             return torch.from_numpy(block[:L]), torch.from_numpy(block[L])
         return self.vectors[s:s + L], self.vectors[s + L]
 
-    def batch(self, indices):
+    def batch(self, indices, all_targets: bool = False):
         """(contexts [B, L, D], targets [B, D]) as new contiguous tensors: targets float32, contexts in
         the context table's dtype (float32 unless `with_context_dtype`).
 
@@ -321,12 +321,15 @@ class WindowDataset:
 
         starts = self.starts[np.asarray(indices, dtype=np.int64)]
         L = self.context_length
+        # all_targets: the next vector after every position, [B, L, D] (rows start+1 .. start+L)
+        target_rows = starts[:, None] + np.arange(1, L + 1) if all_targets else starts + L
         if self.vectors is not None:
             rows = torch.from_numpy((starts[:, None] + np.arange(L)).reshape(-1))
             contexts = self.context_vectors.index_select(0, rows).view(starts.size, L, self.dim)
-            return contexts, self.vectors.index_select(0, torch.from_numpy(starts + L))
+            targets = self.vectors.index_select(0, torch.from_numpy(target_rows.reshape(-1)))
+            return contexts, targets.view(*target_rows.shape, self.dim)
         contexts = np.asarray(self.vectors_np[starts[:, None] + np.arange(L)], dtype=np.float32)
-        targets = np.asarray(self.vectors_np[starts + L], dtype=np.float32)
+        targets = np.asarray(self.vectors_np[target_rows], dtype=np.float32)
         return torch.from_numpy(contexts), torch.from_numpy(targets)
 
     def with_context_dtype(self, dtype) -> "WindowDataset":
@@ -347,7 +350,7 @@ class WindowDataset:
         return other
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, limit: int = 0,
-                rank: int = 0, world: int = 1):
+                rank: int = 0, world: int = 1, all_targets: bool = False):
         """Yield (indices, contexts, targets). `limit` > 0 takes a seeded subsample of that many windows.
 
         With `world` > 1 (data-parallel training) every process draws the same seeded order and cuts
@@ -365,7 +368,7 @@ class WindowDataset:
             idx = order[a:a + batch_size]
             if world > 1:
                 idx = np.array_split(idx, world)[rank]
-            yield (idx, *self.batch(idx))
+            yield (idx, *self.batch(idx, all_targets))
 
     def restrided(self, stride: int) -> "WindowDataset":
         """The same split with windows at another stride (shares the vectors; no copy)."""
@@ -387,6 +390,11 @@ class WindowDataset:
     def targets_rows(self) -> np.ndarray:
         """Row (inside this split's vectors) of each window's target: the retrieval bank index."""
         return self.starts + self.context_length
+
+    def target_rows(self, indices, all_targets: bool = False) -> np.ndarray:
+        """Rows of the targets of windows `indices`: [B], or [B, L] with all_targets."""
+        starts = self.starts[np.asarray(indices, dtype=np.int64)]
+        return starts[:, None] + np.arange(1, self.context_length + 1) if all_targets else starts + self.context_length
 
     def window_articles(self) -> np.ndarray:
         return self.article_indices[self.targets_rows()]

@@ -32,6 +32,7 @@ from lvm.config import load_params
 from lvm.data import WindowDataset, should_mmap
 from lvm.io import atomic_path, write_json
 from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
+from lvm.models.base import fit_normalizer
 
 DATA_DIR = "data/ctx100"
 EXPERIMENTS = {"baseline": "gru", "hierarchical": "hierarchical_gru", "memory": "memory_gru"}
@@ -98,10 +99,19 @@ def tune_malloc() -> bool:
     return ok
 
 
+def near_duplicates(rows: torch.Tensor, articles: torch.Tensor, radius: int = 2) -> torch.Tensor:
+    """[N, N] bool: target j is within `radius` chunks of target i in the same article (j != i). Such a
+    target is no negative for i: neighbouring chunks are near-paraphrases, and with overlapping
+    windows or every-position training the very same row recurs in a batch."""
+    near = (articles[:, None] == articles[None, :]) & ((rows[:, None] - rows[None, :]).abs() <= radius)
+    return near.fill_diagonal_(False)
+
+
 def compute_loss(pred: torch.Tensor, raw: torch.Tensor, target: torch.Tensor, kind: str,
-                 tau: float = 0.07, weight: float = 0.05) -> torch.Tensor:
-    """mse (raw output vs target, as the original) | cosine (1 - cos) | infonce (in-batch negatives)
-    | mixtures `a+infonce` = a + weight * infonce."""
+                 tau: float = 0.07, weight: float = 0.05, rows=None, articles=None) -> torch.Tensor:
+    """mse (raw output vs target, as the original) | cosine (1 - cos) | infonce (in-batch negatives,
+    minus the target's near-duplicates when `rows`/`articles` [N] are given) | mixtures
+    `a+infonce` = a + weight * infonce. Inputs are [N, D]."""
     raw, target = raw.float(), target.float()
 
     def term(name):
@@ -111,6 +121,8 @@ def compute_loss(pred: torch.Tensor, raw: torch.Tensor, target: torch.Tensor, ki
             return (1 - F.cosine_similarity(raw, target, dim=-1)).mean()
         if name == "infonce":
             logits = pred.float() @ F.normalize(target, dim=-1).T / tau
+            if rows is not None:
+                logits = logits.masked_fill(near_duplicates(rows, articles).to(logits.device), float("-inf"))
             return F.cross_entropy(logits, torch.arange(len(target), device=target.device))
         raise LvmError(f"params: train.loss: unknown loss {name!r}")
 
@@ -118,6 +130,27 @@ def compute_loss(pred: torch.Tensor, raw: torch.Tensor, target: torch.Tensor, ki
         base, extra = kind.split("+")
         return term(base) + weight * term(extra)
     return term(kind)
+
+
+def target_ids(dataset: WindowDataset, idx, all_targets: bool, min_context: int = 1):
+    """(rows, articles) int64 tensors of the scored targets of windows `idx`, flattened like the loss
+    inputs: [B] for the last position, [B * (L - min_context + 1)] for every position."""
+    rows = dataset.target_rows(idx, all_targets)
+    if all_targets:
+        rows = rows[:, min_context - 1:]
+    rows = rows.reshape(-1)
+    return torch.from_numpy(rows), torch.from_numpy(np.asarray(dataset.article_indices[rows], dtype=np.int64))
+
+
+def fit_anchor_decay(train: WindowDataset, batch_size: int = 256) -> float:
+    """The exp_decay_mean baseline's decay, fitted exactly as the evaluate stage fits it (every train
+    window at stride 1, same grid), so a fresh decay_mean-anchored model equals that baseline."""
+    from lvm.baselines import ExpDecayMean
+
+    baseline = ExpDecayMean()
+    for _, ctx, tgt in train.restrided(1).batches(batch_size):
+        baseline.partial_fit(ctx.numpy(), tgt.numpy())
+    return float(baseline.finalize().decay)
 
 
 @torch.no_grad()
@@ -136,17 +169,19 @@ def predict(model, dataset: WindowDataset, batch_size: int = 256, device=None,
 
 @torch.no_grad()
 def validate(model, dataset, cfg, device, rank: int = 0, world: int = 1) -> dict:
-    """Mean val loss and cosine. Under DDP each rank scores its share of every batch and the sums are
+    """Mean val loss and cosine of the prediction after the whole context (what evaluate scores,
+    whatever train.targets is). Under DDP each rank scores its share of every batch and the sums are
     all-reduced (then broadcast from rank 0), so every rank takes the same LR / best-checkpoint step."""
     model.eval()
     total_loss, total_cos, n = 0.0, 0.0, 0
-    for _, ctx, tgt in dataset.batches(max(cfg["batch_size"], 256) * world, rank=rank, world=world):
+    for idx, ctx, tgt in dataset.batches(max(cfg["batch_size"], 256) * world, rank=rank, world=world):
         if not len(tgt):
             continue
         ctx, tgt = ctx.to(device), tgt.to(device)
         with autocast(device, cfg["precision"]):
             pred, raw = model(ctx, return_raw=True)
-        loss = compute_loss(pred, raw, tgt, cfg["loss"], cfg["infonce_tau"], cfg["infonce_weight"])
+        rows, articles = target_ids(dataset, idx, all_targets=False)
+        loss = compute_loss(pred, raw, tgt, cfg["loss"], cfg["infonce_tau"], cfg["infonce_weight"], rows, articles)
         total_loss += loss.item() * len(tgt)
         total_cos += F.cosine_similarity(pred.float(), tgt, dim=-1).sum().item()
         n += len(tgt)
@@ -245,7 +280,19 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise LvmError(f"{data_dir}: train or val split has no windows; lower data.context_length")
     model = create_model(model_name, input_dim=train_ds.dim, context_length=train_ds.context_length,
-                         **p["model"]).to(device)
+                         normalize=cfg["normalize"], **p["model"])
+    all_targets = cfg["targets"] == "all"
+    if all_targets and not model.SEQUENCE:
+        raise LvmError(f"params: train.targets: {model_name} predicts after the whole context only; "
+                       "use train.targets: last for it")
+    if cfg["normalize"] != "none":  # statistics of the train split only: val/test rows never seen
+        model.set_normalizer(*fit_normalizer(train_ds.vectors_np, cfg["normalize"]))
+    if model.anchor == "decay_mean":
+        model.set_anchor_decay(fit_anchor_decay(train_ds))
+    model = model.to(device)
+    # distinct train targets, and how many each window contributes to the loss
+    unique_targets = len(train_ds.restrided(1))
+    per_window = train_ds.context_length - cfg["min_context"] + 1 if all_targets else 1
     if cfg["precision"] == "bf16" and cfg["bf16_contexts"] and model.BF16_CONTEXTS:
         # autocast rounds the model's context inputs to bf16 anyway; a bf16 table halves the bytes gathered
         train_ds = train_ds.with_context_dtype(torch.bfloat16)
@@ -257,7 +304,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
     out = Path(models_dir) / experiment
     last_path = out / "last.pt"
     history, start_epoch, best = [], 0, {"loss": float("inf"), "cosine": float("nan"), "epoch": -1}
-    train_seconds, seen = 0.0, 0
+    train_seconds, seen, stale = 0.0, 0, 0
     if cfg["resume"] and last_path.is_file():
         ckpt = load_checkpoint(last_path)
         if ckpt["model_config"] != model.config:
@@ -268,6 +315,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         if not rank:
             torch.set_rng_state(ckpt["rng"])
         history, best = ckpt["history"], ckpt["best"]
+        stale = len(history) - best["epoch"] if best["epoch"] > 0 else 0
         start_epoch, train_seconds, seen = ckpt["epoch"], ckpt["train_seconds"], ckpt["seen"]
         if main:
             print(f"{experiment}: resuming {model_name} after epoch {start_epoch} from {last_path}")
@@ -303,29 +351,39 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             n_epoch = min(len(train_ds), cfg["max_train_windows"] or len(train_ds))
             # The same seeded windows and global batches for any number of processes (see batches()).
             batches = train_ds.batches(cfg["batch_size"], shuffle=True, seed=cfg["seed"] * 1000 + epoch,
-                                       limit=cfg["max_train_windows"], rank=rank, world=world)
+                                       limit=cfg["max_train_windows"], rank=rank, world=world,
+                                       all_targets=all_targets)
             bar = tqdm(batches, total=-(-n_epoch // cfg["batch_size"]), leave=False, mininterval=2.0,
                        desc=f"{experiment} epoch {epoch + 1}/{cfg['epochs']}", disable=not (progress and main))
-            for k, (_, ctx, tgt) in enumerate(bar):
+            for k, (idx, ctx, tgt) in enumerate(bar):
                 # This rank's share of the global batch: DDP averages gradients over ranks, so the
                 # loss is weighted by share * world / global size to give the global batch's mean
                 # (1 unless the last batch splits unevenly). An empty share runs one window at weight 0.
                 size = min(cfg["batch_size"], n_epoch - k * cfg["batch_size"])
                 weight = len(tgt) * world / size
                 if not len(tgt):
-                    ctx, tgt = train_ds.batch([0])
+                    idx = [0]
+                    ctx, tgt = train_ds.batch(idx, all_targets)
                 ctx, tgt = ctx.to(device), tgt.to(device)
                 with autocast(device, cfg["precision"]):
-                    pred, raw = ddp(ctx, return_raw=True)
-                loss = compute_loss(pred, raw, tgt, cfg["loss"], cfg["infonce_tau"], cfg["infonce_weight"])
+                    pred, raw = ddp(ctx, return_raw=True, all_positions=all_targets)
+                if all_targets:  # every position with >= min_context vectors of context is a target
+                    keep = slice(cfg["min_context"] - 1, None)
+                    pred, raw, tgt = (t[:, keep].reshape(-1, t.shape[-1]) for t in (pred, raw, tgt))
+                rows, articles = target_ids(train_ds, idx, all_targets, cfg["min_context"])
+                loss = compute_loss(pred, raw, tgt, cfg["loss"], cfg["infonce_tau"], cfg["infonce_weight"],
+                                    rows, articles)
+                if not torch.isfinite(loss):
+                    raise LvmError(f"training {experiment}: loss is {loss.item()} at epoch {epoch + 1}, batch {k + 1}; "
+                                   f"lower train.lr ({cfg['lr']}) or check the vectors for extreme values")
                 opt.zero_grad(set_to_none=True)
                 (loss * weight if weight != 1 else loss).backward()
                 if cfg["grad_clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
                 opt.step()
                 if weight:
-                    total += loss.item() * len(tgt)
-                    n += len(tgt)
+                    total += loss.item() * len(idx)
+                    n += len(idx)
                 bar.set_postfix(loss=f"{total / max(n, 1):.4f}")
             if world > 1:
                 total, n = all_sum(device, total, n)
@@ -337,11 +395,17 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             sched.step(val["loss"])
             lr = opt.param_groups[0]["lr"]
             row = {"epoch": epoch + 1, "train_loss": total / n, "val_loss": val["loss"],
-                   "val_cosine": val["cosine"], "lr": lr, "seconds": epoch_seconds}
+                   "val_cosine": val["cosine"], "lr": lr, "seconds": epoch_seconds,
+                   "target_passes": seen * per_window / unique_targets}
             history.append(row)
+            if not np.isfinite(val["loss"]):
+                raise LvmError(f"training {experiment}: val loss is {val['loss']} after epoch {epoch + 1}; "
+                               f"lower train.lr ({cfg['lr']}) or check the vectors for extreme values")
             improved = val["loss"] < best["loss"]
+            stale = 0 if improved else stale + 1
             if improved:
-                best = {"loss": val["loss"], "cosine": val["cosine"], "epoch": epoch + 1}
+                best = {"loss": val["loss"], "cosine": val["cosine"], "epoch": epoch + 1,
+                        "target_passes": row["target_passes"]}
             if not main:
                 continue
             for key in ("train_loss", "val_loss", "val_cosine", "lr"):
@@ -351,8 +415,11 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
                 save_checkpoint(out / "best.pt", model, epoch + 1, row)
             print(f"{experiment} epoch {epoch + 1:3d}/{cfg['epochs']}: train {row['train_loss']:.5f}  "
                   f"val {val['loss']:.5f}  val cos {val['cosine']:.4f}  lr {lr:.1e}  "
-                  f"{n / epoch_seconds:.0f} seq/s{'  *best' if improved else ''}")
+                  f"{n / epoch_seconds:.0f} seq/s  {row['target_passes']:.1f} passes{'  *best' if improved else ''}")
             save_last(epoch + 1)
+            if cfg["patience"] and stale >= cfg["patience"]:
+                print(f"{experiment}: no val gain for {stale} epochs (train.patience); stopping after epoch {epoch + 1}")
+                break
     except KeyboardInterrupt:
         if main:
             print(f"\n{experiment}: interrupted; progress up to epoch {epoch} saved in {last_path} "
@@ -365,6 +432,12 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         "best_val_cosine": round(best["cosine"], 6),
         "final_val_cosine": round(history[-1]["val_cosine"], 6) if history else None,
         "train_windows": len(train_ds), "val_windows": len(val_ds),
+        "targets": cfg["targets"], "unique_train_targets": unique_targets,
+        "train_targets_seen": seen * per_window,
+        "target_passes": round(seen * per_window / unique_targets, 3),
+        "best_target_passes": round(best.get("target_passes", 0.0), 3),
+        "anchor": model.anchor, "anchor_decay": round(float(model.anchor_decay), 6),
+        "normalize": cfg["normalize"],
         "wall_seconds": round(train_seconds, 1),
         "train_seq_per_s": round(seen / train_seconds, 1) if train_seconds else None,
         "device": str(device), "precision": cfg["precision"], "processes": world,
@@ -372,7 +445,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
     if not main:
         return metrics
     live.end()
-    save_checkpoint(out / "final.pt", model, cfg["epochs"], history[-1] if history else {})
+    save_checkpoint(out / "final.pt", model, len(history), history[-1] if history else {})
     write_json(Path(metrics_dir) / f"train_{experiment}.json", metrics)
     return metrics
 

@@ -37,14 +37,21 @@ MODEL_DEFAULTS: dict[str, dict] = {
 }
 
 
-def create_model(name: str, input_dim: int, context_length: int, **model_params) -> LatentVectorModel:
+def create_model(name: str, input_dim: int, context_length: int, normalize: str = "none",
+                 **model_params) -> LatentVectorModel:
     """Build model `name`. `model_params` is the flat `model:` section of params.yaml: keys this
-    model does not read are ignored; missing keys take the constructor defaults."""
+    model does not read are ignored; missing keys take the constructor defaults. `normalize`
+    (train.normalize) reserves the normalised space; its statistics come from training
+    (`set_normalizer`) or the checkpoint's state_dict. With `model.anchor` the head's last layer
+    starts at zero, so the fresh model predicts exactly its anchor baseline."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     cls = _REGISTRY[name]
     used = {k: model_params[k] for k in cls.PARAMS if k in model_params}
-    return cls(input_dim=input_dim, context_length=context_length, **used)
+    model = cls(input_dim=input_dim, context_length=context_length, normalize=normalize, **used)
+    if model.anchor != "none":
+        model.zero_output_layers()
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,13 +19,17 @@ class AMNModel(LatentVectorModel):
     """
 
     name = "amn"
-    PARAMS = ("amn_hidden", "dropout")
+    PARAMS = ("amn_hidden", "dropout", "anchor")
+    OUTPUT_LAYERS = ("mlp.3",)
+    # the attention is queried by the last vector only: one prediction per context (train.targets: last)
+    SEQUENCE = False
     DESCRIPTION = "context mean + residual from one-head attention (query = last vector) and an MLP"
 
-    def __init__(self, input_dim, context_length, amn_hidden=384, dropout=0.0):
+    def __init__(self, input_dim, context_length, amn_hidden=384, dropout=0.0, anchor="none", normalize="none"):
         check_int("amn_hidden", amn_hidden)
         dropout = check_dropout(dropout)
-        super().__init__(input_dim, context_length, amn_hidden=amn_hidden, dropout=dropout)
+        super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, amn_hidden=amn_hidden,
+                         dropout=dropout)
         self.query = nn.Linear(input_dim, amn_hidden)
         # no key bias: q . b_k is the same for every position, so it would cancel in the softmax
         self.key = nn.Linear(input_dim, amn_hidden, bias=False)
@@ -36,7 +40,7 @@ class AMNModel(LatentVectorModel):
             nn.Linear(amn_hidden, input_dim),
         )
 
-    def predict_raw(self, context: torch.Tensor) -> torch.Tensor:
+    def head_output(self, context: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
         last = context[:, -1]
         q = self.query(last)                                             # [B, H]
         # q . (W_k x_l) = (W_k^T q) . x_l: fold the key map into the query instead of projecting all
@@ -45,5 +49,7 @@ class AMNModel(LatentVectorModel):
         scores = torch.einsum("bd,bld->bl", qk, context) / math.sqrt(q.shape[-1])
         attended = torch.einsum("bl,bld->bd", F.softmax(scores.float(), dim=-1).to(context.dtype), context)
         residual = self.mlp(torch.cat([attended, last], dim=-1))
+        if self.anchor != "none":  # the anchor replaces the built-in context mean
+            return residual
         # float32 accumulation and result also for a bfloat16 context (lvm.data.WindowDataset.with_context_dtype)
         return context.mean(dim=1, dtype=torch.float32) + residual

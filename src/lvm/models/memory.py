@@ -37,15 +37,17 @@ class MemoryGRUModel(LatentVectorModel):
     """Read (per step) -> GRU over [x, read] -> write (rank-1, per sample) -> read again -> head."""
 
     name = "memory_gru"
-    PARAMS = ("hidden_dim", "memory_slots", "memory_layers", "dropout")
+    PARAMS = ("hidden_dim", "memory_slots", "memory_layers", "dropout", "anchor")
     DESCRIPTION = "learned slot memory: per-step cosine read, GRU, per-sample rank-1 write, second read"
 
-    def __init__(self, input_dim, context_length, hidden_dim=512, memory_slots=2048, memory_layers=4, dropout=0.0):
+    def __init__(self, input_dim, context_length, hidden_dim=512, memory_slots=2048, memory_layers=4, dropout=0.0,
+                 anchor="none", normalize="none"):
         check_int("hidden_dim", hidden_dim)
         check_int("memory_slots", memory_slots)
         check_int("memory_layers", memory_layers)
         dropout = check_dropout(dropout)
-        super().__init__(input_dim, context_length, hidden_dim=hidden_dim, memory_slots=memory_slots,
+        super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, hidden_dim=hidden_dim,
+                         memory_slots=memory_slots,
                          memory_layers=memory_layers, dropout=dropout)
         D, H = input_dim, hidden_dim
         # unit-norm random slots, like the sentence embeddings they will be compared with
@@ -68,42 +70,45 @@ class MemoryGRUModel(LatentVectorModel):
         has its own query."""
         return content_read(self.read_query(context), self.memory, self.log_sharpness[0].exp())
 
-    def predict_raw(self, context: torch.Tensor, reads: dict | None = None) -> torch.Tensor:
+    def head_output(self, context: torch.Tensor, all_positions: bool = False, reads: dict | None = None):
         """`reads`, if a dict, receives the address weights (for lvm.inspect): 'first' [B, L, S] per-step
-        reads, 'write' [B, S] write weights, 'second' [B, S] final read. Training never passes it."""
+        reads, 'write' [B, S] write weights, 'second' [B, S] final read (with all_positions: [B, L, S],
+        the write and read after each step). Training never passes it."""
         if use_fast_path(self.gru, context):
             # time-major for lvm.models.fastrnn (reads are per vector, so the layout is free)
             ctx_tm = context.transpose(0, 1)
             weights, read = self.first_read(ctx_tm)
             if reads is not None:
                 reads["first"] = weights.transpose(0, 1)
-            _, h_n = gru_stack(self.gru, torch.cat([ctx_tm.to(read.dtype), read], dim=-1))
+            y, h_n = gru_stack(self.gru, torch.cat([ctx_tm.to(read.dtype), read], dim=-1))
+            y = y.transpose(0, 1) if all_positions else None
         else:
             weights, read = self.first_read(context)
             if reads is not None:
                 reads["first"] = weights
             # GRU input in the read's dtype: bf16 under autocast, which saves a cast per step inside the GRU
-            _, h_n = self.gru(torch.cat([context.to(read.dtype), read], dim=-1))
-        h = self.drop(h_n[-1].float())  # [B, H]
+            y, h_n = self.gru(torch.cat([context.to(read.dtype), read], dim=-1))
+        # [B, H] after the last step, or [B, L, H] after every step (each step's state is causal)
+        h = self.drop((y if all_positions else h_n[-1]).float())
 
-        # The write and second read touch only [B, S] and [B, D] tensors: cheap, so keep them in
+        # The write and second read touch only [B, (L,) S] and [B, (L,) D] tensors: cheap, so keep them in
         # fp32 where a small write (w_s ~ 1/S) is not lost in bf16 rounding of slot norms.
         with torch.autocast(context.device.type, enabled=False):
             M = self.memory.float()
             s_w, s_r = self.log_sharpness[1].exp(), self.log_sharpness[2].exp()
-            w, _ = content_read(self.write_key(h), M, s_w)                    # [B, S] write weights
-            a = torch.sigmoid(self.write_gate(h)) * self.write_value(h)        # [B, D] gated add vector
+            w, _ = content_read(self.write_key(h), M, s_w)                    # [..., S] write weights
+            a = torch.sigmoid(self.write_gate(h)) * self.write_value(h)        # [..., D] gated add vector
 
-            # second read from M_b' = M + w_b a_b^T without forming the [B, S, D] tensor:
+            # second read from M' = M + w a^T (per sample and step) without forming the [..., S, D] tensor:
             #   q . M'_s     = q . M_s + w_s (q . a)
             #   |M'_s|^2     = |M_s|^2 + 2 w_s (M_s . a) + w_s^2 |a|^2
             #   sum_s p_s M'_s = p M + (p . w) a
-            q = self.read2_query(h)                                            # [B, D]
+            q = self.read2_query(h)                                            # [..., D]
             dots = q @ M.t() + w * (q * a).sum(-1, keepdim=True)
             slot_sq = (M * M).sum(-1) + 2 * w * (a @ M.t()) + w.square() * a.square().sum(-1, keepdim=True)
             cos = dots / (q.norm(dim=-1, keepdim=True) * slot_sq.clamp_min(0).sqrt()).clamp_min(1e-8)
             p = F.softmax(s_r * cos, dim=-1)
-            read2 = p @ M + (p * w).sum(-1, keepdim=True) * a                 # [B, D]
+            read2 = p @ M + (p * w).sum(-1, keepdim=True) * a                 # [..., D]
             if reads is not None:
                 reads.update(write=w, second=p)
 

@@ -58,11 +58,11 @@ class TransformerModel(LatentVectorModel):
     """Linear D->512 + sinusoidal positions, 4 causal pre-LN blocks, last position -> Linear -> D."""
 
     name = "transformer"
-    PARAMS = ("hidden_dim", "transformer_layers", "transformer_heads", "transformer_ff", "dropout")
-    DESCRIPTION = "causal pre-LN transformer (SDPA, SwiGLU), sinusoidal positions, last position -> linear"
+    PARAMS = ("hidden_dim", "transformer_layers", "transformer_heads", "transformer_ff", "dropout", "anchor")
+    DESCRIPTION = "causal pre-LN transformer (SDPA, SwiGLU), sinusoidal positions, each position -> linear"
 
     def __init__(self, input_dim, context_length, hidden_dim=512, transformer_layers=4, transformer_heads=8,
-                 transformer_ff=2048, dropout=0.0):
+                 transformer_ff=2048, dropout=0.0, anchor="none", normalize="none"):
         check_int("hidden_dim", hidden_dim)
         check_int("transformer_layers", transformer_layers)
         check_int("transformer_heads", transformer_heads)
@@ -71,7 +71,7 @@ class TransformerModel(LatentVectorModel):
         if hidden_dim % transformer_heads:
             raise ValueError(f"model.transformer_heads ({transformer_heads}) must divide "
                              f"model.hidden_dim ({hidden_dim})")
-        super().__init__(input_dim, context_length, hidden_dim=hidden_dim, transformer_layers=transformer_layers,
+        super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, hidden_dim=hidden_dim, transformer_layers=transformer_layers,
                          transformer_heads=transformer_heads, transformer_ff=transformer_ff, dropout=dropout)
         self.inp = nn.Linear(input_dim, hidden_dim)
         self.drop = nn.Dropout(dropout)
@@ -80,9 +80,10 @@ class TransformerModel(LatentVectorModel):
         self.ln_f = nn.LayerNorm(hidden_dim)
         self.head = nn.Linear(hidden_dim, input_dim)
 
-    def predict_raw(self, context: torch.Tensor) -> torch.Tensor:
-        L = context.shape[1]
-        x = self.drop(self.inp(context) + sinusoidal_positions(L, self.inp.out_features, context.device))
+    def head_output(self, x: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+        L = x.shape[1]
+        x = self.drop(self.inp(x) + sinusoidal_positions(L, self.inp.out_features, x.device))
         for i, block in enumerate(self.blocks):
-            x = block(x, last_only=i == len(self.blocks) - 1)
-        return self.head(self.ln_f(x[:, -1]))
+            # causal mask: position t attends to positions <= t only, so every position is a prediction
+            x = block(x, last_only=not all_positions and i == len(self.blocks) - 1)
+        return self.head(self.ln_f(x if all_positions else x[:, -1]))
