@@ -201,3 +201,17 @@ def test_infonce_ignores_near_duplicate_negatives():
     masked = compute_loss(t, t, t, "infonce", rows=rows, articles=articles)
     unmasked = compute_loss(t, t, t, "infonce")
     assert masked < unmasked - 0.1
+
+
+def test_article_fraction_trains_on_a_seeded_share_of_train_articles(tmp_path, data_dir):
+    full, _ = train(tmp_path, data_dir, "full", epochs=1)
+    half, _ = train(tmp_path, data_dir, "half", epochs=1, article_fraction=0.5)
+    assert half["train_articles"] == round(full["train_articles"] / 2)
+    assert half["unique_train_targets"] < full["unique_train_targets"]
+    assert half["val_windows"] == full["val_windows"]
+    tr = WindowDataset(data_dir / "train.npz").restrided(1)
+    sub = tr.subset_articles(0.5, seed=42)
+    kept = set(np.unique(sub.article_indices[sub.starts]).tolist())
+    assert kept == set(sub.kept_articles.tolist())
+    assert set(np.unique(sub.restrided(1).window_articles()).tolist()) == kept  # restriding keeps the subset
+    assert np.isin(sub.article_indices, sub.kept_articles).sum() == len(sub.kept_rows())

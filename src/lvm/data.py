@@ -370,8 +370,11 @@ class WindowDataset:
                 idx = np.array_split(idx, world)[rank]
             yield (idx, *self.batch(idx, all_targets))
 
+    # articles whose windows this dataset keeps (None = all); set by subset_articles
+    kept_articles: np.ndarray | None = None
+
     def restrided(self, stride: int) -> "WindowDataset":
-        """The same split with windows at another stride (shares the vectors; no copy)."""
+        """The same split (and article subset) with windows at another stride (shares the vectors)."""
         import copy
 
         import torch
@@ -380,9 +383,35 @@ class WindowDataset:
         boundaries = np.flatnonzero(articles[1:] != articles[:-1]) + 1
         lengths = np.diff(np.concatenate([[0], boundaries, [articles.size]]))
         other = copy.copy(self)
-        other.starts = window_starts(lengths, self.context_length, stride, self.first_target)
+        starts = window_starts(lengths, self.context_length, stride, self.first_target)
+        if self.kept_articles is not None:
+            starts = starts[np.isin(articles[starts], self.kept_articles)]
+        other.starts = starts
         other._starts_t = torch.from_numpy(other.starts)
         return other
+
+    def subset_articles(self, fraction: float, seed: int) -> "WindowDataset":
+        """The windows of a seeded `fraction` of this split's articles (at least one); shares the vectors.
+        For data-scale curves: the same val/test, fewer train articles."""
+        import copy
+
+        import torch
+
+        if fraction >= 1.0:
+            return self
+        ids = np.unique(self.article_indices[self.starts])
+        keep = np.sort(np.random.default_rng(seed).permutation(ids)[:max(1, round(fraction * ids.size))])
+        other = copy.copy(self)
+        other.kept_articles = keep
+        other.starts = self.starts[np.isin(self.article_indices[self.starts], keep)]
+        other._starts_t = torch.from_numpy(other.starts)
+        return other
+
+    def kept_rows(self) -> np.ndarray:
+        """Vectors of the kept articles [n, D] (all rows of the split without a subset)."""
+        if self.kept_articles is None:
+            return self.vectors_np
+        return self.vectors_np[np.isin(self.article_indices, self.kept_articles)]
 
     def last_context_rows(self) -> np.ndarray:
         return self.starts + self.context_length - 1

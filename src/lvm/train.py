@@ -277,6 +277,8 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         # Overlapping windows inside train articles leak nothing (splits are by article) and give
         # every train chunk a turn as a target instead of one in (L - overlap).
         train_ds = train_ds.restrided(cfg["window_stride"])
+    # a seeded share of the train articles (data-scale curve); val and test stay whole
+    train_ds = train_ds.subset_articles(cfg["article_fraction"], cfg["seed"])
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise LvmError(f"{data_dir}: train or val split has no windows; lower data.context_length")
     model = create_model(model_name, input_dim=train_ds.dim, context_length=train_ds.context_length,
@@ -286,7 +288,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         raise LvmError(f"params: train.targets: {model_name} predicts after the whole context only; "
                        "use train.targets: last for it")
     if cfg["normalize"] != "none":  # statistics of the train split only: val/test rows never seen
-        model.set_normalizer(*fit_normalizer(train_ds.vectors_np, cfg["normalize"]))
+        model.set_normalizer(*fit_normalizer(train_ds.kept_rows(), cfg["normalize"]))
     if model.anchor == "decay_mean":
         model.set_anchor_decay(fit_anchor_decay(train_ds))
     model = model.to(device)
@@ -437,7 +439,8 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         "target_passes": round(seen * per_window / unique_targets, 3),
         "best_target_passes": round(best.get("target_passes", 0.0), 3),
         "anchor": model.anchor, "anchor_decay": round(float(model.anchor_decay), 6),
-        "normalize": cfg["normalize"],
+        "normalize": cfg["normalize"], "article_fraction": cfg["article_fraction"],
+        "train_articles": int(np.unique(train_ds.article_indices[train_ds.starts]).size),
         "wall_seconds": round(train_seconds, 1),
         "train_seq_per_s": round(seen / train_seconds, 1) if train_seconds else None,
         "device": str(device), "precision": cfg["precision"], "processes": world,

@@ -1,0 +1,207 @@
+"""Ablation and data-scale runs for one experiment model, scored like the evaluate stage.
+
+    python -m lvm.ablation                       # each lever on/off -> metrics/ablation.{json,md}
+    python -m lvm.ablation --data-scale          # 25/50/100% of train articles -> metrics/data_scale.json,
+                                                 #   plots/data_scale.png
+
+Every run trains `--model` (default gru, the train_baseline model) with params.yaml plus one
+variant's overrides into a scratch directory, then scores the prediction after the whole context
+on val and test exactly as `dvc repro evaluate` does: the paired per-window difference to the best
+baseline chosen on val (cosine and candidate-only reciprocal rank), 95% article-bootstrap interval.
+Baselines are fitted once on the full train split, so every run is compared with the same reference.
+Not a DVC stage: it reads the exported splits and writes only the files named above (recorded
+results, like the context-length sweep).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lvm.cli import stage
+from lvm.config import load_params
+from lvm.data import WindowDataset
+from lvm.io import write_json, write_text
+
+DATA_DIR = "data/ctx100"
+
+# (name, what it tests, overrides on top of params.yaml). The first row is the params.yaml setting.
+LEVERS = [
+    ("default", "params.yaml as committed", {}),
+    ("targets=last", "one target per window instead of every position", {"train.targets": "last"}),
+    ("anchor=none", "no baseline anchor: the head predicts the whole vector", {"model.anchor": "none"}),
+    ("anchor=last", "anchored on the last context vector instead of the decayed mean", {"model.anchor": "last"}),
+    ("normalize=none", "raw embedding space", {"train.normalize": "none"}),
+    ("normalize=robust", "per-dimension robust scaling (median, 0.7413 IQR) fitted on train", {"train.normalize": "robust"}),
+    ("loss=mse", "MSE on the raw output (the original's loss)", {"train.loss": "mse"}),
+    ("loss=cosine+infonce", "cosine + 0.05 InfoNCE, near-duplicate negatives masked", {"train.loss": "cosine+infonce"}),
+]
+DATA_SCALE = (0.25, 0.5, 1.0)
+
+
+def apply(p: dict, overrides: dict) -> dict:
+    p = copy.deepcopy(p)
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        p[section][name] = value
+    return p
+
+
+def distinct(p: dict, overrides: dict) -> bool:
+    """False when an override only restates params.yaml (that lever row would repeat the default)."""
+    return all(p[k.split(".")[0]][k.split(".")[1]] != v for k, v in overrides.items())
+
+
+def score_run(p: dict, model: str, data_dir: str, reference: dict) -> dict:
+    """Train one variant in a scratch directory and score its best checkpoint on val and test."""
+    from lvm.stages.evaluate import score, vs_best_baseline
+    from lvm.train import load_model, predict, run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        m = run(p, model, "ablation", data_dir=data_dir, models_dir=f"{tmp}/models", metrics_dir=f"{tmp}/metrics",
+                live_dir=f"{tmp}/live", progress=False)
+        seconds = time.perf_counter() - t0
+        net = load_model(f"{tmp}/models/ablation/best.pt")
+    row = {"train": {k: m[k] for k in ("best_epoch", "epochs", "best_val_cosine", "best_target_passes",
+                                         "unique_train_targets", "train_articles")},
+           "train_seconds": round(seconds, 1)}
+    cfg = p["evaluate"]
+    for split, ds in reference["datasets"].items():
+        with torch.no_grad():
+            pred = predict(net, ds, cfg["batch_size"], torch.device("cpu"), p["train"]["precision"])
+            summary, pw = score(pred, ds, cfg, reference["true_ctx_max"][split])
+        per_window = {**reference["per_window"], (model, split): pw}
+        v = vs_best_baseline(per_window, model, split, reference["best"], ds.window_articles(), cfg)
+        row[split] = {"cosine": summary["cosine_mean"], "cand_mrr": summary["cand_mrr"],
+                      "par": summary["par_mean"], **v}
+    return row
+
+
+def reference(p: dict, data_dir: str) -> dict:
+    """Baselines fitted on train, scored on val/test, and the best one chosen on val (as evaluate)."""
+    from lvm.baselines import predict_batches
+    from lvm.metrics import context_max_cosine
+    from lvm.stages.evaluate import choose_best_baseline, context_chunks, fit_baselines, score
+
+    cfg = p["evaluate"]
+    datasets = {s: WindowDataset(Path(data_dir) / f"{s}.npz") for s in ("val", "test")}
+    baselines = fit_baselines(cfg, WindowDataset(Path(data_dir) / "train.npz"))
+    results, per_window, true_ctx_max = {}, {}, {}
+    for split, ds in datasets.items():
+        true_ctx_max[split] = context_max_cosine(ds.vectors_np[ds.targets_rows()], ds.vectors_np,
+                                                 (ds.starts, ds.context_length))
+    for name, b in baselines.items():
+        results[name] = {}
+        for split, ds in datasets.items():
+            pred = predict_batches(b, context_chunks(ds, cfg["batch_size"]))
+            results[name][split], per_window[(name, split)] = score(pred, ds, cfg, true_ctx_max[split])
+    best = choose_best_baseline(results, list(baselines))
+    return {"datasets": datasets, "per_window": per_window, "true_ctx_max": true_ctx_max, "best": best,
+            "baselines": {n: {s: {"cosine": r[s]["cosine_mean"], "cand_mrr": r[s]["cand_mrr"]} for s in r}
+                          for n, r in results.items()}}
+
+
+def ci(v: dict, key: str) -> str:
+    lo, hi = v[f"{key}_ci_low"], v[f"{key}_ci_high"]
+    interval = "" if lo is None else f" [{lo:+.4f}, {hi:+.4f}]"
+    return f"{v[key]:+.4f}{interval}"
+
+
+def ablation_table(model: str, rows: list[dict], ref: dict, p: dict) -> str:
+    best = ref["best"]
+    t = p["train"]
+    lines = [
+        f"Ablation of `{model}` (train_baseline) at the default budget: each row changes one lever of "
+        f"params.yaml (targets {t['targets']}, anchor {p['model']['anchor']}, normalize {t['normalize']}, "
+        f"loss {t['loss']}, {t['max_train_windows']} windows/epoch, up to {t['epochs']} epochs, patience "
+        f"{t['patience']}). Scored like `evaluate`: prediction after the whole context; the difference is "
+        f"paired per window against the best baseline chosen on val ({best['cosine']} for cosine, "
+        f"{best['mrr']} for candidate MRR), 95% bootstrap over test articles. Generated by `python -m lvm.ablation`.",
+        "",
+        "| variant | what changes | val cosine | test cosine | test vs best baseline [95% CI] | test cand. MRR "
+        "| cand. MRR vs best baseline [95% CI] | best epoch (passes) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v, te = r["val"], r["test"]
+        lines.append(f"| {r['name']} | {r['what']} | {v['cosine']:.4f} | {te['cosine']:.4f} | "
+                     f"{ci(te, 'cosine_diff')} | {te['cand_mrr']:.4f} | {ci(te, 'cand_mrr_diff')} | "
+                     f"{r['train']['best_epoch']} ({r['train']['best_target_passes']:.1f}) |")
+    b = ref["baselines"]
+    lines += ["", f"Best baselines: {best['cosine']} val cosine {b[best['cosine']]['val']['cosine']:.4f}, "
+              f"test {b[best['cosine']]['test']['cosine']:.4f}; {best['mrr']} test candidate MRR "
+              f"{b[best['mrr']]['test']['cand_mrr']:.4f}.", ""]
+    return "\n".join(lines)
+
+
+def data_scale_figure(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["train"]["unique_train_targets"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, label in ((axes[0], "cosine_diff", "test cosine"), (axes[1], "cand_mrr_diff", "test candidate MRR")):
+        y = [r["test"][key] for r in rows]
+        lo = [r["test"][f"{key}_ci_low"] for r in rows]
+        hi = [r["test"][f"{key}_ci_high"] for r in rows]
+        ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)], fmt="o-", capsize=4)
+        ax.axhline(0, color="grey", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{n:,}\n({r['train']['train_articles']} art.)" for n, r in zip(x, rows)])
+        ax.minorticks_off()
+        ax.set_xlabel("train targets (train articles)")
+        ax.set_ylabel(f"{label}: model − best baseline")
+    fig.suptitle(f"{rows[0]['model']} vs the best baseline as the train split grows (95% paired CI)")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@stage
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gru")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data-dir", default=DATA_DIR)
+    ap.add_argument("--data-scale", action="store_true", help="train on 25/50/100%% of the train articles")
+    ap.add_argument("--only", nargs="*", help="lever names to run (default: all)")
+    ap.add_argument("--out-dir", default="metrics")
+    ap.add_argument("--plots-dir", default="plots")
+    args = ap.parse_args(argv)
+    p = load_params(args.params)
+    torch.set_num_threads(p["train"]["threads"] or torch.get_num_threads())
+    ref = reference(p, args.data_dir)
+    rows = []
+    if args.data_scale:
+        variants = [(f"article_fraction={f}", f"{f:.0%} of the train articles", {"train.article_fraction": f})
+                    for f in DATA_SCALE]
+    else:
+        variants = [v for v in LEVERS if (not args.only or v[0] in args.only) and (not v[2] or distinct(p, v[2]))]
+    for name, what, overrides in variants:
+        print(f"--- {name}: {what}", flush=True)
+        row = {"name": name, "what": what, "model": args.model, "overrides": overrides,
+               **score_run(apply(p, overrides), args.model, args.data_dir, ref)}
+        te = row["test"]
+        print(f"{name}: val {row['val']['cosine']:.4f} test {te['cosine']:.4f} vs {te['cosine_baseline']} "
+              f"{ci(te, 'cosine_diff')}  cand MRR {te['cand_mrr']:.4f} {ci(te, 'cand_mrr_diff')}", flush=True)
+        rows.append(row)
+    out = {"model": args.model, "best_baseline": ref["best"], "baselines": ref["baselines"], "runs": rows}
+    if args.data_scale:
+        write_json(Path(args.out_dir) / "data_scale.json", out)
+        data_scale_figure(rows, str(Path(args.plots_dir) / "data_scale.png"))
+    else:
+        write_json(Path(args.out_dir) / "ablation.json", out)
+        write_text(Path(args.out_dir) / "ablation.md", ablation_table(args.model, rows, ref, p))
+
+
+if __name__ == "__main__":
+    main()
