@@ -49,7 +49,7 @@ def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> C
         if reader.header(key)[1].hasobject and not trust_pickle:
             reader.load(key)
     if "vectors" not in reader:
-        raise LvmError(f"{path}: missing key 'vectors' (keys present: {', '.join(reader.keys) or 'none'})")
+        raise reader.missing_error("vectors")
     vectors = reader.load("vectors")
     if vectors.ndim != 2:
         raise LvmError(f"{path}: key 'vectors' must be 2-D [N, D], got shape {vectors.shape}")

@@ -212,7 +212,7 @@ class NpzReader:
             try:
                 with self._zip.open(info) as f:
                     header = _read_npy_header(f)
-            except _READ_ERRORS as e:
+            except Exception as e:  # noqa: BLE001 - numpy's header parser can raise SyntaxError, TokenError, ...
                 raise LvmError(f"{self.path}: {self._member(key)} is not a readable .npy array ({e})") from None
             self._headers[key] = header
         return self._headers[key]
@@ -222,14 +222,15 @@ class NpzReader:
         shape, _, dtype = self._info(key)
         return shape, dtype
 
-    def _missing(self, key):
+    def missing_error(self, key) -> LvmError:
+        """The error for an absent key, listing what the file holds instead."""
         others = f"; other members: {', '.join(self.other_members)}" if self.other_members else ""
-        raise LvmError(f"{self.path}: missing key '{key}' (keys present: {', '.join(self.keys) or 'none'}"
-                       f"{others})")
+        return LvmError(f"{self.path}: missing key '{key}' (keys present: {', '.join(self.keys) or 'none'}"
+                        f"{others})")
 
     def load(self, key, mmap: bool = True) -> np.ndarray:
         if key not in self.keys:
-            self._missing(key)
+            raise self.missing_error(key)
         shape, fortran, dtype = self._info(key)
         if dtype.hasobject:
             if not self.trust_pickle:
@@ -280,7 +281,7 @@ class NpzReader:
             raw.seek(start)
             try:
                 _read_npy_header(raw)
-            except ValueError as e:
+            except Exception as e:  # noqa: BLE001 - as in _info: any parser error means no npy header
                 raise LvmError(f"{self.path}: {self._member(info.filename[:-4])} is not a readable .npy "
                                f"array ({e})") from None
             return raw.tell(), raw.tell() - start
