@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,9 +59,18 @@ def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> C
     n = vectors.shape[0]
     if n == 0 or vectors.shape[1] == 0:
         raise LvmError(f"{path}: key 'vectors' is empty, shape {vectors.shape}")
-    if isinstance(vectors, np.memmap):  # a map skips zipfile's CRC check: a flipped bit would pass
-        reader.verify("vectors")
-    content_hash = _check_finite(path, vectors)
+    # A memory map skips zipfile's CRC check, so a flipped bit would pass unseen: check it here. When the
+    # mapped bytes are already the float32 rows we hash, the one pass over the data does both.
+    crc = None
+    if isinstance(vectors, np.memmap):
+        if vectors.dtype == np.dtype(np.float32) and vectors.flags.c_contiguous:
+            crc = reader.crc_of_header("vectors")
+        else:
+            reader.verify("vectors")
+    content_hash, data_crc = _check_finite(path, vectors, crc[0] if crc else None)
+    if crc and data_crc != crc[1]:
+        raise reader.damaged_error("vectors", f"Bad CRC-32 for file 'vectors.npy': {data_crc:#010x} "
+                                   f"computed, {crc[1]:#010x} recorded")
 
     notes = []
     has_ids = "article_indices" in reader
@@ -119,9 +129,10 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(block, dtype=np.float32)
 
 
-def _check_finite(path: Path, vectors: np.ndarray) -> str:
+def _check_finite(path: Path, vectors: np.ndarray, crc: int | None = None) -> tuple[str, int | None]:
     """Refuse rows that are not finite AS FLOAT32 (a float64 1e39 passes isfinite but is Inf once
-    exported); return the sha256 of those float32 rows, the content part of the split id."""
+    exported); return the sha256 of those float32 rows (the content part of the split id) and `crc`
+    continued over them (the member's CRC-32 when they are the file's own bytes)."""
     # ~16 MB of float32 per pass: bounds the cast's temporary copy of a float64 file
     step = max(1, min(ROW_CHUNK, (1 << 22) // max(vectors.shape[1], 1)))
     digest = hashlib.sha256()
@@ -137,7 +148,9 @@ def _check_finite(path: Path, vectors: np.ndarray) -> str:
                            f"become Inf) in {total} rows (first: row {first}, column {col}, value "
                            f"{float(vectors[first, col])})")
         digest.update(block)
-    return digest.hexdigest()
+        if crc is not None:
+            crc = zlib.crc32(block, crc)
+    return digest.hexdigest(), crc
 
 
 def first_target(context_length: int, min_target_position: int = 0) -> int:

@@ -256,7 +256,7 @@ class NpzReader:
                 arr = np.lib.format.read_array(f, allow_pickle=False, max_header_size=MAX_HEADER)
                 f.read(1)  # reach the member's end so zipfile checks its CRC even after a short read
         except _READ_ERRORS as e:
-            raise LvmError(f"{self.path}: {self._member(key)} is damaged ({e}); re-create the file") from None
+            raise self.damaged_error(key, str(e)) from None
         return arr
 
     def verify(self, key) -> None:
@@ -266,7 +266,20 @@ class NpzReader:
                 while f.read(1 << 24):
                     pass
         except _READ_ERRORS as e:
-            raise LvmError(f"{self.path}: {self._member(key)} is damaged ({e}); re-create the file") from None
+            raise self.damaged_error(key, str(e)) from None
+
+    def crc_of_header(self, key) -> tuple[int, int]:
+        """(CRC-32 of a stored member's npy header bytes, the CRC-32 the zip records for the whole
+        member): continuing the first with the data bytes, in file order, must give the second. Lets a
+        caller that reads the data anyway check the CRC in the same pass instead of a second read."""
+        info = self._zip.getinfo(f"{key}.npy")
+        offset, header_len = self._data_offset(info)
+        with open(self.path, "rb") as raw:
+            raw.seek(offset - header_len)
+            return zlib.crc32(raw.read(header_len)), info.CRC
+
+    def damaged_error(self, key, why: str) -> LvmError:
+        return LvmError(f"{self.path}: {self._member(key)} is damaged ({why}); re-create the file")
 
     def _data_offset(self, info: zipfile.ZipInfo) -> tuple[int, int]:
         """(file offset of a stored member's array data, length of its npy header)."""
