@@ -374,7 +374,8 @@ def should_mmap(path, setting, processes: int = 1) -> bool:
 
 def _scalar_int(reader: NpzReader, path: Path, key: str) -> int:
     value = np.asarray(reader.load(key, mmap=False))
-    if value.shape not in ((), (1,)) or not np.issubdtype(value.dtype, np.integer) or int(value.reshape(-1)[0]) < 1:
+    ok = value.shape in ((), (1,)) and np.issubdtype(value.dtype, np.integer)
+    if not ok or int(value.reshape(-1)[0]) < 1:
         raise LvmError(f"{path}: key '{key}' must be one integer >= 1, got {value!r}")
     return int(value.reshape(-1)[0])
 

@@ -163,7 +163,7 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, R
 
 def _read_npy_header(f):
     """(shape, fortran_order, dtype) via numpy's own npy format functions (so order, byte order and
-    dtype are numpy's reading, not ours). Raises ValueError for anything that is not an npy header."""
+    dtype are numpy's reading, not ours). Raises (ValueError, SyntaxError, ...) for anything else."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER)
@@ -188,7 +188,7 @@ class NpzReader:
         self.trust_pickle = trust_pickle
         try:
             self._zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise LvmError(f"{self.path}: not an .npz file ({e})") from None
         names = self._zip.namelist()
         self.keys = [n[:-4] for n in names if n.endswith(".npy")]
