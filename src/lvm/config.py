@@ -147,12 +147,28 @@ def _coerce(name: str, default, value):
 
 
 def validate(p: dict) -> dict:
+    import math
+
     data, export, model, train = p["data"], p["export"], p["model"], p["train"]
+    # NaN passes every `x <= 0` check below (all comparisons are False), so refuse any NaN/Inf float
+    # (YAML .nan, .inf, 1.0e+400) first, whichever key it is in.
+    stack = [("", p)]
+    while stack:
+        prefix, section = stack.pop(0)
+        for key, value in section.items():
+            if isinstance(value, dict):
+                stack.append((f"{prefix}{key}.", value))
+            elif isinstance(value, float) and not math.isfinite(value):
+                _fail(f"{prefix}{key}", f"must be a finite number, got {value}")
     L = data["context_length"]
     if L < 1:
         _fail("data.context_length", f"must be >= 1, got {L}")
     if data["stream_block"] < L + 1:
-        _fail("data.stream_block", f"must be >= data.context_length + 1 ({L + 1}), got {data['stream_block']}")
+        # Only files without article_indices use stream_block, but params cannot know the file: name
+        # the usual culprit (a long context) first and the other way out second.
+        _fail("data.context_length", f"{L} needs data.stream_block >= data.context_length + 1 = {L + 1} "
+              f"(data.stream_block is {data['stream_block']}; it sizes the pseudo-articles of files without "
+              "article_indices): lower data.context_length or raise data.stream_block")
     if not 0 <= export["overlap"] < L:
         _fail("export.overlap", f"must satisfy 0 <= overlap < data.context_length ({L}), got {export['overlap']}")
     if export["test_stride"] < 1:
@@ -161,8 +177,12 @@ def validate(p: dict) -> dict:
         if export[key] < 0:
             _fail(f"export.{key}", f"must be >= 0 (0 = default), got {export[key]}")
     if data["stream_block"] < export["min_target_position"] + 1:
-        _fail("data.stream_block", f"must be >= export.min_target_position + 1 "
-              f"({export['min_target_position'] + 1}), got {data['stream_block']}")
+        _fail("export.min_target_position", f"{export['min_target_position']} needs data.stream_block >= "
+              f"export.min_target_position + 1 = {export['min_target_position'] + 1} (data.stream_block is "
+              f"{data['stream_block']}; it sizes the pseudo-articles of files without article_indices): "
+              "lower export.min_target_position or raise data.stream_block")
+    if export["seed"] < 0:  # numpy's default_rng refuses negative seeds, after the file was read
+        _fail("export.seed", f"must be >= 0, got {export['seed']}")
     fractions = export["split"]
     for name, f in fractions.items():
         if not 0.0 <= f <= 1.0:
@@ -193,7 +213,8 @@ def validate(p: dict) -> dict:
     for key in ("lr", "infonce_tau"):
         if train[key] <= 0:
             _fail(f"train.{key}", f"must be > 0, got {train[key]}")
-    for key in ("threads", "window_stride", "max_train_windows", "lr_patience"):
+    for key in ("threads", "window_stride", "max_train_windows", "lr_patience", "weight_decay", "grad_clip",
+                "infonce_weight"):
         if train[key] < 0:
             _fail(f"train.{key}", f"must be >= 0, got {train[key]}")
     if not 1 <= train["min_context"] <= L:
@@ -202,6 +223,10 @@ def validate(p: dict) -> dict:
         _fail("train.article_fraction", f"must be in (0, 1], got {train['article_fraction']}")
     if train["patience"] < 0:
         _fail("train.patience", f"must be >= 0 (0 = no early stopping), got {train['patience']}")
+    if not 0 <= train["seed"] < 2 ** 32:  # np.random.seed's range
+        _fail("train.seed", f"must be in [0, 2**32), got {train['seed']}")
+    if not 0.0 < train["lr_factor"] < 1.0:  # ReduceLROnPlateau: the factor must shrink the rate
+        _fail("train.lr_factor", f"must be in (0, 1), got {train['lr_factor']}")
     if train["nproc"] < 1:
         _fail("train.nproc", f"must be >= 1, got {train['nproc']}")
     if train["batch_size"] % train["nproc"]:
@@ -211,6 +236,15 @@ def validate(p: dict) -> dict:
         _fail("train.mmap", f"must be auto, true or false; got {train['mmap']!r}")
     if p["ingest"]["min_words"] > p["ingest"]["max_words"] or p["ingest"]["min_words"] < 1:
         _fail("ingest.min_words", "must be between 1 and ingest.max_words")
+    # checked here, before any work: evaluate would otherwise fail only after scoring every model
+    for key in ("n_boot", "batch_size"):
+        if p["evaluate"][key] < 1:
+            _fail(f"evaluate.{key}", f"must be >= 1, got {p['evaluate'][key]}")
+    for key in ("batch_size", "max_words"):
+        if p["ingest"][key] < 1:
+            _fail(f"ingest.{key}", f"must be >= 1, got {p['ingest'][key]}")
+    if p["ingest"]["max_articles"] < 0:
+        _fail("ingest.max_articles", f"must be >= 0 (0 = all), got {p['ingest']['max_articles']}")
     if p["evaluate"]["ridge_k"] < 1 or p["evaluate"]["ridge_k"] > L:
         _fail("evaluate.ridge_k", f"must be between 1 and data.context_length ({L})")
     bad = [k for k in p["evaluate"]["curve_k"] if isinstance(k, bool) or not isinstance(k, int) or k < 1]

@@ -5,13 +5,16 @@ A window is (context = rows s .. s+L-1, target = row s+L) of ONE article's rows 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lvm import LvmError
-from lvm.io import NpzReader, StreamedArray, save_npz
+from lvm.io import NpzReader, StreamedArray, atomic_outputs, save_npz
 
 SPLITS = ("train", "val", "test")
 TOKENS_PER_VECTOR = 20  # design figure: one concept vector ~ a 20-token chunk
@@ -32,6 +35,7 @@ class Corpus:
     article_start: np.ndarray  # [A] offset into `order`
     article_len: np.ndarray  # [A] rows per article
     notes: list[str] = field(default_factory=list)
+    content_hash: str = ""  # sha256 of the vectors as float32 rows in file order (feeds the split id)
 
     @property
     def dim(self) -> int:
@@ -46,7 +50,7 @@ def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> C
         if reader.header(key)[1].hasobject and not trust_pickle:
             reader.load(key)
     if "vectors" not in reader:
-        raise LvmError(f"{path}: missing key 'vectors' (keys present: {', '.join(reader.keys) or 'none'})")
+        raise reader.missing_error("vectors")
     vectors = reader.load("vectors")
     if vectors.ndim != 2:
         raise LvmError(f"{path}: key 'vectors' must be 2-D [N, D], got shape {vectors.shape}")
@@ -55,7 +59,18 @@ def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> C
     n = vectors.shape[0]
     if n == 0 or vectors.shape[1] == 0:
         raise LvmError(f"{path}: key 'vectors' is empty, shape {vectors.shape}")
-    _check_finite(path, vectors)
+    # A memory map skips zipfile's CRC check, so a flipped bit would pass unseen: check it here. When the
+    # mapped bytes are already the float32 rows we hash, the one pass over the data does both.
+    crc = None
+    if isinstance(vectors, np.memmap):
+        if vectors.dtype == np.dtype(np.float32) and vectors.flags.c_contiguous:
+            crc = reader.crc_of_header("vectors")
+        else:
+            reader.verify("vectors")
+    content_hash, data_crc = _check_finite(path, vectors, crc[0] if crc else None)
+    if crc and data_crc != crc[1]:
+        raise reader.damaged_error("vectors", f"Bad CRC-32 for file 'vectors.npy': {data_crc:#010x} "
+                                   f"computed, {crc[1]:#010x} recorded")
 
     notes = []
     has_ids = "article_indices" in reader
@@ -90,7 +105,7 @@ def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> C
                 f"{bad.size} such rows. Rows of an article must be in chunk order.")
     reader.close()
     return Corpus(path, vectors, article, chunk, has_ids, order, article_ids, article_start,
-                  article_len, notes)
+                  article_len, notes, content_hash)
 
 
 def _int_key(reader: NpzReader, path: Path, key: str, n: int) -> np.ndarray:
@@ -99,17 +114,43 @@ def _int_key(reader: NpzReader, path: Path, key: str, n: int) -> np.ndarray:
         raise LvmError(f"{path}: key '{key}' must have shape [{n}] (one per vector), got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
         raise LvmError(f"{path}: key '{key}' must be integers, got {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.size:  # the int64 cast would wrap these to negative ids
+        too_big = np.flatnonzero(arr > np.iinfo(np.int64).max)
+        if too_big.size:
+            r = int(too_big[0])
+            raise LvmError(f"{path}: key '{key}' has {too_big.size} values above the int64 maximum "
+                           f"{np.iinfo(np.int64).max} (first: row {r} = {int(arr[r])}); ids must fit in int64")
     return arr.astype(np.int64)
 
 
-def _check_finite(path: Path, vectors: np.ndarray) -> None:
-    for a in range(0, vectors.shape[0], ROW_CHUNK):
-        ok = np.isfinite(vectors[a:a + ROW_CHUNK]).all(axis=1)
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    """Rows as the float32 every split stores (values beyond float32 range become Inf, silently)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def _check_finite(path: Path, vectors: np.ndarray, crc: int | None = None) -> tuple[str, int | None]:
+    """Refuse rows that are not finite AS FLOAT32 (a float64 1e39 passes isfinite but is Inf once
+    exported); return the sha256 of those float32 rows (the content part of the split id) and `crc`
+    continued over them (the member's CRC-32 when they are the file's own bytes)."""
+    # ~16 MB of float32 per pass: bounds the cast's temporary copy of a float64 file
+    step = max(1, min(ROW_CHUNK, (1 << 22) // max(vectors.shape[1], 1)))
+    digest = hashlib.sha256()
+    for a in range(0, vectors.shape[0], step):
+        block = _as_float32(vectors[a:a + step])
+        ok = np.isfinite(block).all(axis=1)
         if not ok.all():
             first = a + int(np.argmin(ok))
-            total = sum(int((~np.isfinite(vectors[b:b + ROW_CHUNK]).all(axis=1)).sum())
-                        for b in range(a, vectors.shape[0], ROW_CHUNK))
-            raise LvmError(f"{path}: key 'vectors' has NaN/Inf in {total} rows (first: row {first})")
+            col = int(np.argmin(np.isfinite(block[first - a])))
+            total = sum(int((~np.isfinite(_as_float32(vectors[b:b + step]))).any(axis=1).sum())
+                        for b in range(a, vectors.shape[0], step))
+            raise LvmError(f"{path}: key 'vectors' has NaN/Inf (or values beyond float32's +-3.4e38, which "
+                           f"become Inf) in {total} rows (first: row {first}, column {col}, value "
+                           f"{float(vectors[first, col])})")
+        digest.update(block)
+        if crc is not None:
+            crc = zlib.crc32(block, crc)
+    return digest.hexdigest(), crc
 
 
 def first_target(context_length: int, min_target_position: int = 0) -> int:
@@ -177,7 +218,7 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
             f"(longest has {int(corpus.article_len.max())}); lower data.context_length"
             + ("" if first == L else " or export.min_target_position"))
     splits = split_articles(corpus.article_ids[eligible], fractions, seed)
-    meta_splits = {}
+    meta_splits, arrays = {}, {}
     for name in SPLITS:
         idx = np.searchsorted(corpus.article_ids, splits[name])  # positions of this split's articles
         split_stride = {"train": stride, "val": val_stride, "test": test_stride}[name]
@@ -185,24 +226,27 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
         starts = window_starts(lengths, L, split_stride, min_target_position)
         rows = np.concatenate([corpus.order[corpus.article_start[i]:corpus.article_start[i] + corpus.article_len[i]]
                                for i in idx]) if idx.size else np.zeros(0, np.int64)
-        n_rows = int(lengths.sum())
-        # stored only when it is not L, so default exports stay byte-identical (and DVC skips retraining)
+        # first_target is stored only when it is not L (files written before it existed stay valid)
         extra = {"first_target": np.int64(first)} if first != L else {}
-        save_npz(
-            out_dir / f"{name}.npz",
-            vectors=StreamedArray((n_rows, corpus.dim), np.float32,
-                                  (corpus.vectors[rows[a:a + ROW_CHUNK]] for a in range(0, n_rows, ROW_CHUNK))),
-            article_indices=corpus.article[rows],
-            chunk_indices=corpus.chunk[rows],
-            source_rows=rows,
-            window_starts=starts,
-            context_length=np.int64(L),
-            **extra,
-        )
-        meta_splits[name] = {"articles": int(idx.size), "vectors": n_rows, "windows": int(starts.size),
-                             "stride": split_stride}
+        arrays[name] = {"article_indices": corpus.article[rows], "chunk_indices": corpus.chunk[rows],
+                        "source_rows": rows, "window_starts": starts, "context_length": np.int64(L), **extra}
+        meta_splits[name] = {"articles": int(idx.size), "vectors": int(lengths.sum()),
+                             "windows": int(starts.size), "stride": split_stride}
+    split_id = export_id(corpus, arrays)
+    # all three splits change together or not at all (the stage adds its metadata to the same group)
+    with atomic_outputs():
+        for name in SPLITS:
+            rows, n_rows = arrays[name]["source_rows"], meta_splits[name]["vectors"]
+            save_npz(
+                out_dir / f"{name}.npz",
+                vectors=StreamedArray((n_rows, corpus.dim), np.float32,
+                                      (corpus.vectors[rows[a:a + ROW_CHUNK]] for a in range(0, n_rows, ROW_CHUNK))),
+                **arrays[name],
+                split_id=np.array(split_id),
+            )
     mean, std = coherence(corpus)
     return {
+        "split_id": split_id,
         "source_file": str(corpus.path),
         "context_length": L,
         "overlap": overlap,
@@ -225,6 +269,70 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
         "effective_tokens": L * TOKENS_PER_VECTOR,
         "notes": corpus.notes,
     }
+
+
+SPLIT_ID_FORMAT = b"lvm-split-v1"
+
+
+def export_id(corpus: Corpus, arrays: dict[str, dict]) -> str:
+    """The split id: a hash of exactly what the split files hold (the corpus' float32 rows, which with
+    `source_rows` fix every split's vectors, and every other array written), so an identical rerun
+    writes identical bytes (DVC sees no change) and splits of different exports never share an id."""
+    if not corpus.content_hash:
+        raise ValueError("corpus has no content hash; load it with load_corpus")
+    digest = hashlib.sha256(SPLIT_ID_FORMAT)
+    digest.update(corpus.content_hash.encode())
+    digest.update(repr(tuple(corpus.vectors.shape)).encode())
+    for name in SPLITS:
+        for key, value in arrays[name].items():
+            value = np.ascontiguousarray(value)
+            digest.update(f"|{name}.{key}:{value.dtype.str}:{value.shape}|".encode())
+            digest.update(value)
+    return digest.hexdigest()[:16]
+
+
+def check_same_export(datasets, metadata=None) -> str:
+    """Refuse splits that are not from one export run; return their common split id.
+
+    `datasets`: WindowDatasets (or split .npz paths); `metadata`: optionally the export's
+    metadata_ctx100.json, which must carry the same id. A failed or interrupted export, or a file
+    copied in by hand, shows up as a mismatch here instead of as a silently wrong score.
+    """
+    ids = []
+    for ds in datasets:
+        if not isinstance(ds, WindowDataset):
+            path = Path(ds)
+            with NpzReader(path) as reader:
+                sid = _read_split_id(reader, path)
+        else:
+            path, sid = ds.path, ds.split_id
+        if sid is None:
+            raise LvmError(f"{path}: no 'split_id' (exported before split ids existed); rerun "
+                           "`dvc repro export_ctx100`")
+        ids.append((str(path), sid))
+    if metadata is not None:
+        try:
+            meta_id = json.loads(Path(metadata).read_text()).get("split_id")
+        except FileNotFoundError:
+            raise LvmError(f"{metadata}: file not found; rerun `dvc repro export_ctx100`") from None
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as e:
+            raise LvmError(f"{metadata}: not a valid export metadata file ({e})") from None
+        if meta_id is None:
+            raise LvmError(f"{metadata}: no 'split_id'; rerun `dvc repro export_ctx100`")
+        ids.append((str(metadata), meta_id))
+    if len({sid for _, sid in ids}) > 1:
+        listing = ", ".join(f"{path} (split_id {sid})" for path, sid in ids)
+        raise LvmError(f"these files are not from one export: {listing}; rerun `dvc repro export_ctx100`")
+    return ids[0][1] if ids else ""
+
+
+def _read_split_id(reader: NpzReader, path: Path) -> str | None:
+    if "split_id" not in reader:
+        return None
+    value = np.asarray(reader.load("split_id", mmap=False))
+    if value.shape != () or value.dtype.kind != "U":
+        raise LvmError(f"{path}: key 'split_id' must be a string, got {value.dtype} {value.shape}")
+    return str(value)
 
 
 def coherence(corpus: Corpus) -> tuple[float, float]:
@@ -251,6 +359,8 @@ MMAP_RAM_FRACTION = 0.25  # train.mmap auto: map the vectors when copies would t
 def should_mmap(path, setting, processes: int = 1) -> bool:
     """train.mmap: true/false as given; auto maps a split whose vectors, copied once per process on
     this node, would take more than MMAP_RAM_FRACTION of physical memory."""
+    if not Path(path).is_file():  # here, before any stage work, rather than as a FileNotFoundError
+        raise LvmError(f"{path}: file not found; run `dvc repro export_ctx100`")
     if setting != "auto":
         return bool(setting)
     import os
@@ -260,6 +370,40 @@ def should_mmap(path, setting, processes: int = 1) -> bool:
     except (ValueError, OSError, AttributeError):  # not POSIX: be safe and map
         return True
     return Path(path).stat().st_size * max(processes, 1) > MMAP_RAM_FRACTION * ram
+
+
+def _scalar_int(reader: NpzReader, path: Path, key: str) -> int:
+    value = np.asarray(reader.load(key, mmap=False))
+    ok = value.shape in ((), (1,)) and np.issubdtype(value.dtype, np.integer)
+    if not ok or int(value.reshape(-1)[0]) < 1:
+        raise LvmError(f"{path}: key '{key}' must be one integer >= 1, got {value!r}")
+    return int(value.reshape(-1)[0])
+
+
+def _check_split(path: Path, vectors, starts, L: int, articles, source_rows) -> np.ndarray:
+    """Refuse a split file whose windows would index outside its vectors (an IndexError mid-epoch, or
+    worse, with negative starts, a silently wrong window) or cross an article boundary."""
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+        raise LvmError(f"{path}: key 'vectors' must be a 2-D float array, got {vectors.dtype} {vectors.shape}")
+    n = vectors.shape[0]
+    for key, arr in (("article_indices", articles), ("source_rows", source_rows)):
+        if arr.shape != (n,):
+            raise LvmError(f"{path}: key '{key}' must have shape [{n}] (one per vector), got {arr.shape}")
+    if starts.ndim != 1 or (starts.size and not np.issubdtype(starts.dtype, np.integer)):
+        raise LvmError(f"{path}: key 'window_starts' must be 1-D integers, got {starts.dtype} {starts.shape}")
+    starts = starts.astype(np.int64)
+    bad = np.flatnonzero((starts < 0) | (starts + L >= n))
+    if bad.size:
+        i = int(bad[0])
+        raise LvmError(f"{path}: key 'window_starts' has {bad.size} windows outside the {n} vectors "
+                       f"(first: window {i} starts at {int(starts[i])}; context {L} + target needs "
+                       f"0 <= start <= {n - L - 1}); rerun `dvc repro export_ctx100`")
+    cross = np.flatnonzero(articles[starts] != articles[starts + L])
+    if cross.size:
+        i = int(cross[0])
+        raise LvmError(f"{path}: key 'window_starts' has {cross.size} windows crossing an article boundary "
+                       f"(first: window {i} at row {int(starts[i])}); rerun `dvc repro export_ctx100`")
+    return starts
 
 
 class WindowDataset:
@@ -273,19 +417,24 @@ class WindowDataset:
         import torch
 
         path = Path(path)
+        if not path.is_file():
+            raise LvmError(f"{path}: file not found; run `dvc repro export_ctx100`")
         with NpzReader(path) as reader:
-            for key in ("vectors", "window_starts", "context_length"):
+            for key in ("vectors", "window_starts", "context_length", "article_indices", "source_rows"):
                 if key not in reader:
                     raise LvmError(f"{path}: missing key '{key}'; rerun `dvc repro export_ctx100`")
             vectors = reader.load("vectors", mmap=mmap)
-            self.starts = np.asarray(reader.load("window_starts", mmap=False), dtype=np.int64)
-            self.context_length = int(reader.load("context_length", mmap=False))
+            starts = np.asarray(reader.load("window_starts", mmap=False))
+            self.context_length = _scalar_int(reader, path, "context_length")
             # position of the first target inside its article (files before min_target_position: L)
-            self.first_target = (int(reader.load("first_target", mmap=False)) if "first_target" in reader
+            self.first_target = (_scalar_int(reader, path, "first_target") if "first_target" in reader
                                  else self.context_length)
             self.article_indices = np.asarray(reader.load("article_indices", mmap=False))
             self.source_rows = np.asarray(reader.load("source_rows", mmap=False))
+            self.split_id = _read_split_id(reader, path)
         self.path = path
+        self.starts = _check_split(path, vectors, starts, self.context_length, self.article_indices,
+                                   self.source_rows)
         self.vectors_np = vectors if mmap else np.ascontiguousarray(vectors, dtype=np.float32)
         self.vectors = torch.from_numpy(np.asarray(self.vectors_np)) if not mmap else None
         self.context_vectors = self.vectors  # the table contexts are gathered from (see with_context_dtype)

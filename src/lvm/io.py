@@ -2,40 +2,116 @@
 
 Every artifact is written to a temporary file beside its destination and renamed into place,
 so a killed stage never leaves a truncated npz or JSON that a later stage could mistake for output.
+Inside `atomic_outputs()` the renames wait until the whole block succeeded, so a stage's files change
+together or not at all.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
+import math
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from lvm import LvmError
 
+# Temp files waiting for the end of the enclosing atomic_outputs() block (None: rename at once).
+_PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("lvm_pending_outputs", default=None)
+
+
+@contextlib.contextmanager
+def atomic_outputs():
+    """Group writes: every atomic_path (save_npz, write_json, write_text) inside the block writes to a
+    temp file, and all of them are renamed into place only after the block succeeded; none if it fails.
+
+    A rename that fails half-way (all temps sit beside their destinations, so it would take a dying
+    disk) can still leave a mixture; the export's split id (lvm.data.check_same_export) catches that.
+    Nested blocks join the outermost one.
+    """
+    if _PENDING.get() is not None:
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+        _PENDING.reset(token)
+        token = None
+        total = len(pending)
+        while pending:
+            tmp, dest = pending[0]
+            try:
+                os.replace(tmp, dest)
+            except OSError as e:
+                raise LvmError(f"{dest}: could not move the new file into place ({e.strerror or e}) after "
+                               f"{total - len(pending)} of {total} outputs were replaced; rerun the stage "
+                               "(later stages refuse the mixture)") from None
+            pending.pop(0)
+    finally:
+        if token is not None:
+            _PENDING.reset(token)
+        for tmp, _ in pending:  # failed: the old outputs stay, no temp is left behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temp path in the destination folder; rename it to `path` only on success."""
+    """Yield a temp path in the destination folder; rename it to `path` only on success (inside
+    atomic_outputs(): at the end of that block)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise LvmError(f"{path}: cannot create a file in {path.parent} ({e.strerror or e})") from None
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
+        pending = _PENDING.get()
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((Path(tmp), path))
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, quota, read-only: the user's to fix, so one clear line
+            kept = "no output of this stage was changed" if _PENDING.get() is not None else "the old file is kept"
+            raise LvmError(f"{path}: could not write it ({e.strerror or e}); {kept}") from None
         raise
 
 
+def _json_safe(obj, where: str, bad: list):
+    """A copy of `obj` with numpy scalars made plain and NaN/Inf replaced by None (listed in `bad`)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v, f"{where}.{k}" if where else str(k), bad) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad.append((where or "(top level)", obj))
+        return None
+    return obj
+
+
 def write_json(path, obj) -> None:
+    """Write JSON that every tool can read: NaN/Infinity are not JSON (`dvc metrics diff` and others
+    choke on them), so each is written as null with a WARNING line naming the file and key."""
+    bad: list = []
+    obj = _json_safe(obj, "", bad)
+    for where, value in bad:
+        print(f"WARNING: {path}: {where} is {value}; written as null (JSON has no NaN/Infinity)")
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)  # last guard
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def write_text(path, text: str) -> None:
@@ -72,25 +148,37 @@ class StreamedArray:
         np.lib.format.write_array_header_2_0(f, header)
         written = 0
         for chunk in self.chunks:
-            chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
+            with np.errstate(over="ignore"):  # callers check range first; no stray warning line
+                chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
             f.write(chunk.data)
             written += chunk.shape[0]
         if written != self.shape[0]:
             raise RuntimeError(f"streamed {written} rows, header promised {self.shape[0]}")
 
 
+MAX_HEADER = 100000  # npy header bytes we accept (numpy's default, 10000, refuses some valid wide shapes)
+# Errors a damaged member raises while being read: bad CRC, broken deflate stream, short data, bad header.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, RuntimeError)
+
+
 def _read_npy_header(f):
+    """(shape, fortran_order, dtype) via numpy's own npy format functions (so order, byte order and
+    dtype are numpy's reading, not ours). Raises (ValueError, SyntaxError, ...) for anything else."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f, max_header_size=100000)
-    return np.lib.format.read_array_header_2_0(f, max_header_size=100000)
+        return np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER)
+    if version in ((2, 0), (3, 0)):  # 3.0 only differs in utf-8 field names of structured dtypes
+        return np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER)
+    raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
 
 
 class NpzReader:
     """Read arrays from an .npz without ever unpickling, memory-mapping stored (uncompressed) members.
 
     Memory-mapping keeps a 3 GB vector file out of anonymous memory: pages are read on demand and
-    shared with the page cache, which is what lets export run in ~1x the input size.
+    shared with the page cache, which is what lets export run in ~1x the input size. Any layout numpy
+    writes (C or Fortran order, either byte order) loads with its values intact; a damaged member or
+    one that is not an npy array is refused naming the file and member.
     """
 
     def __init__(self, path, trust_pickle: bool = False):
@@ -100,23 +188,50 @@ class NpzReader:
         self.trust_pickle = trust_pickle
         try:
             self._zip = zipfile.ZipFile(self.path)
-        except zipfile.BadZipFile as e:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise LvmError(f"{self.path}: not an .npz file ({e})") from None
-        self.keys = [n[:-4] for n in self._zip.namelist() if n.endswith(".npy")]
+        names = self._zip.namelist()
+        self.keys = [n[:-4] for n in names if n.endswith(".npy")]
+        # np.savez writes only .npy members; others (a README added by hand) are no array: ignored,
+        # but named when a key is missing in case that is where it went.
+        self.other_members = [n for n in names if not n.endswith(".npy") and not n.endswith("/")]
+        self._headers: dict = {}
 
     def __contains__(self, key) -> bool:
         return key in self.keys
 
+    def _member(self, key) -> str:
+        return f"member '{key}.npy'"
+
+    def _info(self, key) -> tuple:
+        """(shape, fortran_order, dtype) of a member, read once; LvmError if it is no npy array."""
+        if key not in self._headers:
+            info = self._zip.getinfo(f"{key}.npy")
+            if info.flag_bits & 0x1:
+                raise LvmError(f"{self.path}: {self._member(key)} is encrypted; store it unencrypted")
+            try:
+                with self._zip.open(info) as f:
+                    header = _read_npy_header(f)
+            except Exception as e:  # noqa: BLE001 - numpy's header parser can raise SyntaxError, TokenError, ...
+                raise LvmError(f"{self.path}: {self._member(key)} is not a readable .npy array ({e})") from None
+            self._headers[key] = header
+        return self._headers[key]
+
     def header(self, key):
         """(shape, dtype) without reading the data."""
-        with self._zip.open(f"{key}.npy") as f:
-            shape, _, dtype = _read_npy_header(f)
+        shape, _, dtype = self._info(key)
         return shape, dtype
+
+    def missing_error(self, key) -> LvmError:
+        """The error for an absent key, listing what the file holds instead."""
+        others = f"; other members: {', '.join(self.other_members)}" if self.other_members else ""
+        return LvmError(f"{self.path}: missing key '{key}' (keys present: {', '.join(self.keys) or 'none'}"
+                        f"{others})")
 
     def load(self, key, mmap: bool = True) -> np.ndarray:
         if key not in self.keys:
-            raise LvmError(f"{self.path}: missing key '{key}' (keys present: {', '.join(self.keys) or 'none'})")
-        shape, dtype = self.header(key)
+            raise self.missing_error(key)
+        shape, fortran, dtype = self._info(key)
         if dtype.hasobject:
             if not self.trust_pickle:
                 raise LvmError(
@@ -126,22 +241,63 @@ class NpzReader:
             with np.load(self.path, allow_pickle=True) as z:
                 return z[key]
         info = self._zip.getinfo(f"{key}.npy")
-        if mmap and info.compress_type == zipfile.ZIP_STORED and shape and np.prod(shape) > 0:
-            return np.memmap(self.path, dtype=dtype, mode="r", shape=shape,
-                             offset=self._data_offset(info))
-        with self._zip.open(f"{key}.npy") as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
+        if mmap and info.compress_type == zipfile.ZIP_STORED and shape and math.prod(shape) > 0:
+            offset, header_len = self._data_offset(info)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if header_len + nbytes != info.file_size:  # a map past the member would read its neighbours
+                raise LvmError(
+                    f"{self.path}: {self._member(key)} is damaged: its header promises shape {shape} "
+                    f"{dtype} ({nbytes} bytes) but the member holds {info.file_size - header_len} data bytes")
+            # order='F' maps a Fortran-ordered array as what it is (rows are strided, values right)
+            return np.memmap(self.path, dtype=dtype, mode="r", shape=shape, offset=offset,
+                             order="F" if fortran else "C")
+        try:
+            with self._zip.open(f"{key}.npy") as f:
+                arr = np.lib.format.read_array(f, allow_pickle=False, max_header_size=MAX_HEADER)
+                f.read(1)  # reach the member's end so zipfile checks its CRC even after a short read
+        except _READ_ERRORS as e:
+            raise self.damaged_error(key, str(e)) from None
+        return arr
 
-    def _data_offset(self, info: zipfile.ZipInfo) -> int:
+    def verify(self, key) -> None:
+        """Check a member's CRC by streaming it through zipfile (a memory map skips that check)."""
+        try:
+            with self._zip.open(f"{key}.npy") as f:
+                while f.read(1 << 24):
+                    pass
+        except _READ_ERRORS as e:
+            raise self.damaged_error(key, str(e)) from None
+
+    def crc_of_header(self, key) -> tuple[int, int]:
+        """(CRC-32 of a stored member's npy header bytes, the CRC-32 the zip records for the whole
+        member): continuing the first with the data bytes, in file order, must give the second. Lets a
+        caller that reads the data anyway check the CRC in the same pass instead of a second read."""
+        info = self._zip.getinfo(f"{key}.npy")
+        offset, header_len = self._data_offset(info)
+        with open(self.path, "rb") as raw:
+            raw.seek(offset - header_len)
+            return zlib.crc32(raw.read(header_len)), info.CRC
+
+    def damaged_error(self, key, why: str) -> LvmError:
+        return LvmError(f"{self.path}: {self._member(key)} is damaged ({why}); re-create the file")
+
+    def _data_offset(self, info: zipfile.ZipInfo) -> tuple[int, int]:
+        """(file offset of a stored member's array data, length of its npy header)."""
         with open(self.path, "rb") as raw:
             raw.seek(info.header_offset)
             local = raw.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise LvmError(f"{self.path}: {self._member(info.filename[:-4])} has a damaged zip header")
             name_len = int.from_bytes(local[26:28], "little")
             extra_len = int.from_bytes(local[28:30], "little")
             start = info.header_offset + 30 + name_len + extra_len
             raw.seek(start)
-            _read_npy_header(raw)
-            return raw.tell()
+            try:
+                _read_npy_header(raw)
+            except Exception as e:  # noqa: BLE001 - as in _info: any parser error means no npy header
+                raise LvmError(f"{self.path}: {self._member(info.filename[:-4])} is not a readable .npy "
+                               f"array ({e})") from None
+            return raw.tell(), raw.tell() - start
 
     def close(self):
         self._zip.close()

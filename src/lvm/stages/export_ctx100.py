@@ -5,7 +5,7 @@ import time
 
 from lvm.cli import stage_main
 from lvm.data import export_windows, load_corpus
-from lvm.io import write_json
+from lvm.io import atomic_outputs, write_json
 
 OUT_DIR = "data/ctx100"
 METADATA = f"{OUT_DIR}/metadata_ctx100.json"
@@ -17,11 +17,14 @@ def run(p: dict, out_dir: str = OUT_DIR, metadata: str = METADATA) -> dict:
     corpus = load_corpus(data["vectors"], data["trust_pickle"], data["stream_block"])
     for note in corpus.notes:
         print(note)
-    meta = export_windows(corpus, out_dir, data["context_length"], export["overlap"],
-                          export["split"], export["seed"], export["test_stride"],
-                          export["min_target_position"], export["val_stride"])
-    meta["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json(metadata, meta)
+    # the splits and their metadata change together or not at all: a failure anywhere (disk full
+    # while writing val.npz) leaves every previous output as it was
+    with atomic_outputs():
+        meta = export_windows(corpus, out_dir, data["context_length"], export["overlap"],
+                              export["split"], export["seed"], export["test_stride"],
+                              export["min_target_position"], export["val_stride"])
+        meta["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(metadata, meta)
     s = meta["splits"]
     print(f"export: L={meta['context_length']} stride={meta['stride']} first target "
           f"{meta['first_target_position']} D={meta['vector_dim']}; windows "
