@@ -29,7 +29,7 @@ from tqdm import tqdm
 from lvm import LvmError
 from lvm.cli import stage
 from lvm.config import load_params
-from lvm.data import WindowDataset, should_mmap
+from lvm.data import WindowDataset, check_same_export, should_mmap
 from lvm.io import atomic_path, write_json
 from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
 from lvm.models.base import fit_normalizer
@@ -277,6 +277,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         # Overlapping windows inside train articles leak nothing (splits are by article) and give
         # every train chunk a turn as a target instead of one in (L - overlap).
         train_ds = train_ds.restrided(cfg["window_stride"])
+    check_same_export([train_ds, val_ds])  # splits from one export, never a mixture of two
     # a seeded share of the train articles (data-scale curve); val and test stay whole
     train_ds = train_ds.subset_articles(cfg["article_fraction"], cfg["seed"])
     if len(train_ds) == 0 or len(val_ds) == 0:

@@ -23,7 +23,7 @@ import torch
 from lvm import LvmError
 from lvm.baselines import make_baselines, predict_batches
 from lvm.cli import stage_main
-from lvm.data import WindowDataset
+from lvm.data import WindowDataset, check_same_export
 from lvm.io import write_json, write_text
 from lvm.metrics import (MIN_CI_ARTICLES, context_max_cosine, cosine, evaluate_predictions, group_ci,
                          interval_verdict, paired_difference)
@@ -166,6 +166,7 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     set_threads(p["train"]["threads"])
     device = resolve_device(p["train"]["device"])
     datasets = {s: WindowDataset(Path(data_dir) / f"{s}.npz") for s in ("train", *EVAL_SPLITS)}
+    check_same_export(list(datasets.values()), Path(data_dir) / "metadata_ctx100.json")
     check_disjoint(datasets)
     warnings = [w for s in EVAL_SPLITS
                 if (w := warn_few_articles(s, int(np.unique(datasets[s].window_articles()).size)))]
