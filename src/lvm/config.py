@@ -78,6 +78,7 @@ DEFAULTS: dict = {
         "min_context": 1,  # with targets all: positions with fewer context vectors are not scored
         "normalize": "none",  # none | center | standard | robust: per-dimension, fitted on the train split
         "patience": 0,  # stop after this many epochs without a lower val loss (0 = never)
+        "ema": 0.0,  # > 0: validate and save an exponential moving average of the weights (decay per step)
         "article_fraction": 1.0,  # train on a seeded share of the train articles (data-scale curve)
     },
     "evaluate": {
@@ -219,6 +220,8 @@ def validate(p: dict) -> dict:
             _fail(f"train.{key}", f"must be >= 0, got {train[key]}")
     if not 1 <= train["min_context"] <= L:
         _fail("train.min_context", f"must be between 1 and data.context_length ({L}), got {train['min_context']}")
+    if not 0.0 <= train["ema"] < 1.0:
+        _fail("train.ema", f"must be in [0, 1) (0 = off), got {train['ema']}")
     if not 0.0 < train["article_fraction"] <= 1.0:
         _fail("train.article_fraction", f"must be in (0, 1], got {train['article_fraction']}")
     if train["patience"] < 0:

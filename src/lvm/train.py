@@ -334,8 +334,18 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
     else:
         ddp = model
 
+    # train.ema > 0: an exponential moving average of the weights is what gets validated and saved
+    # (Polyak averaging: with ~8 optimiser steps per pass the last step's weights are noisy)
+    ema = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
+        if cfg["ema"] > 0 else None)
+    if ema is not None and cfg["resume"] and last_path.is_file() and "ema" in ckpt:
+        ema.load_state_dict(ckpt["ema"])
+    scored = ema.module if ema is not None else model
+
     def save_last(epoch):
-        save_checkpoint(last_path, model, epoch, history[-1] if history else {}, optimizer=opt.state_dict(),
+        extra = {"ema": ema.state_dict()} if ema is not None else {}
+        save_checkpoint(last_path, model, epoch, history[-1] if history else {}, optimizer=opt.state_dict(), **extra,
                         scheduler=sched.state_dict(), rng=torch.get_rng_state(), history=history,
                         best=best, train_seconds=train_seconds, seen=seen)
 
@@ -384,6 +394,8 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
                 if cfg["grad_clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 if weight:
                     total += loss.item() * len(idx)
                     n += len(idx)
@@ -394,7 +406,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             epoch_seconds = time.perf_counter() - t0
             train_seconds += epoch_seconds
             seen += n
-            val = validate(model, val_ds, cfg, device, rank, world)
+            val = validate(scored, val_ds, cfg, device, rank, world)
             sched.step(val["loss"])
             lr = opt.param_groups[0]["lr"]
             row = {"epoch": epoch + 1, "train_loss": total / n, "val_loss": val["loss"],
@@ -415,7 +427,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
                 live.log_metric(key.replace("_", "/", 1) if key != "lr" else "lr", row[key])
             live.next_step()
             if improved:
-                save_checkpoint(out / "best.pt", model, epoch + 1, row)
+                save_checkpoint(out / "best.pt", scored, epoch + 1, row)
             print(f"{experiment} epoch {epoch + 1:3d}/{cfg['epochs']}: train {row['train_loss']:.5f}  "
                   f"val {val['loss']:.5f}  val cos {val['cosine']:.4f}  lr {lr:.1e}  "
                   f"{n / epoch_seconds:.0f} seq/s  {row['target_passes']:.1f} passes{'  *best' if improved else ''}")
@@ -449,7 +461,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
     if not main:
         return metrics
     live.end()
-    save_checkpoint(out / "final.pt", model, len(history), history[-1] if history else {})
+    save_checkpoint(out / "final.pt", scored, len(history), history[-1] if history else {})
     write_json(Path(metrics_dir) / f"train_{experiment}.json", metrics)
     return metrics
 
