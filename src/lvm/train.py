@@ -485,9 +485,10 @@ def resume_checkpoint(path: Path, model, train_ds) -> dict:
     check_identity(path, cfg, model.config["name"], data=train_ds)
     missing, extra = sorted(set(model.config) - set(cfg)), sorted(set(cfg) - set(model.config))
     if missing or extra:
-        raise LvmError(f"{path}: written by another lvm version (model config keys "
-                       f"{'missing: ' + ', '.join(missing) if missing else ''}{'; ' if missing and extra else ''}"
-                       f"{'unknown: ' + ', '.join(extra) if extra else ''}); delete it or set train.resume: false")
+        raise LvmError(f"{path}: written by another lvm version (model config "
+                       + "; ".join(x for x in (missing and f"lacks {', '.join(missing)}",
+                                                extra and f"has unknown {', '.join(extra)}") if x)
+                       + "), so it cannot be resumed; set train.resume: false to retrain from scratch")
     diff = [f"{k} {cfg[k]!r} -> {v!r}" for k, v in model.config.items() if cfg[k] != v]
     if diff:
         raise LvmError(f"{path}: model config differs from params ({', '.join(diff)}); delete it or set "
