@@ -26,6 +26,8 @@ REQUIRED_KEYS = {"model_name": str, "model_config": dict, "state_dict": dict}
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "history", "best", "best_state", "best_row",
                "train_seconds", "seen", "epoch")
 RETRAIN = "retrain it (`dvc repro` runs the train stages)"
+# what to do about a bad last.pt (train.resume): starting over is the retraining
+RESUME_FIX = "delete it or set train.resume: false to retrain from scratch"
 
 
 def save_checkpoint(path, model, epoch: int, metrics: dict, state_dict: dict | None = None, **extra) -> None:
@@ -51,7 +53,7 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, fix: str = RETRAIN) -> None:
     """Refuse, by what they are, the files torch.load would answer with a misleading traceback
     (a text file reads as 'weights only load failed'; a cut file as an 'internal miniz error')."""
     if not path.exists():
@@ -59,16 +61,16 @@ def _check_file(path: Path) -> None:
     if not path.is_file():
         raise LvmError(f"{path}: not a file; a checkpoint is one .pt file")
     if path.stat().st_size == 0:
-        raise LvmError(f"{path}: empty file (0 bytes), not a checkpoint; {RETRAIN} or copy it again")
+        raise LvmError(f"{path}: empty file (0 bytes), not a checkpoint; copy it again or {fix}")
     with open(path, "rb") as f:
         head = f.read(512)
     if not zipfile.is_zipfile(path):
         if head.startswith(b"PK\x03\x04"):
             raise LvmError(f"{path}: truncated checkpoint (a zip archive whose end is missing); "
-                           f"copy it again or {RETRAIN}")
+                           f"copy it again or {fix}")
         if _looks_like_text(head):
             first = head.decode("utf-8", "replace").splitlines()[0][:60] if head.strip() else ""
-            raise LvmError(f"{path}: a text file, not a checkpoint (starts {first!r}); {RETRAIN}")
+            raise LvmError(f"{path}: a text file, not a checkpoint (starts {first!r}); {fix}")
         return  # perhaps torch's legacy (pre-zip) format: torch.load decides
     try:
         with zipfile.ZipFile(path) as z:
@@ -78,15 +80,17 @@ def _check_file(path: Path) -> None:
                                f"{', '.join(names[:3]) or 'nothing'}{', ...' if len(names) > 3 else ''})")
             bad = z.testzip()  # torch itself does not check the members' CRCs: flipped bits load silently
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise LvmError(f"{path}: corrupted checkpoint ({e}); copy it again or {RETRAIN}") from None
+        raise LvmError(f"{path}: corrupted checkpoint ({e}); copy it again or {fix}") from None
     if bad is not None:
-        raise LvmError(f"{path}: corrupted checkpoint (member {bad} fails its CRC check); copy it again or {RETRAIN}")
+        member = bad.split("/", 1)[-1]  # under torch's archive folder (the temp name it was written as)
+        raise LvmError(f"{path}: corrupted checkpoint (member {member} fails its CRC check); copy it again or {fix}")
 
 
 def load_checkpoint(path, resume: bool = False) -> dict:
     """The checkpoint's dict, checked to be an lvm checkpoint (and a resumable one with `resume`)."""
     path = Path(path)
-    _check_file(path)
+    fix = RESUME_FIX if resume else RETRAIN
+    _check_file(path, fix)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -99,7 +103,7 @@ def load_checkpoint(path, resume: bool = False) -> dict:
                        "values only, so it was not written by lvm.train") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, ... for broken files
         msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise LvmError(f"{path}: cannot be read as a torch checkpoint ({msg}); copy it again or {RETRAIN}") from None
+        raise LvmError(f"{path}: cannot be read as a torch checkpoint ({msg}); copy it again or {fix}") from None
     if not isinstance(ckpt, dict):
         raise LvmError(f"{path}: holds a {type(ckpt).__name__}, not an lvm checkpoint (a dict with "
                        f"{', '.join(REQUIRED_KEYS)})")
@@ -107,7 +111,6 @@ def load_checkpoint(path, resume: bool = False) -> dict:
     missing = [k for k in need if k not in ckpt]
     if missing:
         what = "a resumable checkpoint (last.pt)" if resume and set(missing) <= set(RESUME_KEYS) else "an lvm checkpoint"
-        fix = ("delete it or set train.resume: false" if resume else RETRAIN)
         raise LvmError(f"{path}: not {what}: missing key(s) {', '.join(missing)} (has "
                        f"{', '.join(map(str, list(ckpt)[:6])) or 'none'}); {fix}")
     for key, kind in REQUIRED_KEYS.items():
@@ -117,7 +120,8 @@ def load_checkpoint(path, resume: bool = False) -> dict:
     return ckpt
 
 
-def check_identity(path, config: dict, expect_name=None, expect_dim=None, expect_context=None, data=None) -> None:
+def check_identity(path, config: dict, expect_name=None, expect_dim=None, expect_context=None, data=None,
+                   fix: str | None = None) -> None:
     """The one check that a checkpoint is what its consumer scores: the model (evaluate knows which
     model each experiment holds), the vector dimension D and the context length L of the data. A
     checkpoint trained at L=20 would run on L=10 windows without complaint (the recurrent models take
@@ -129,14 +133,14 @@ def check_identity(path, config: dict, expect_name=None, expect_dim=None, expect
     name = config.get("name")
     if expect_name is not None and name != expect_name:
         raise LvmError(f"{path}: a checkpoint of model {name!r}, but {expect_name!r} is expected here; "
-                       f"put the {expect_name} checkpoint there or {RETRAIN}")
+                       f"{fix or f'put the {expect_name} checkpoint there or {RETRAIN}'}")
     dim, length = config.get("input_dim"), config.get("context_length")
     if expect_dim is not None and dim != expect_dim:
         raise LvmError(f"{path}: trained on D={dim} vectors, but {where} has D={expect_dim}; "
-                       "re-export the data or retrain on it")
+                       f"{fix or 're-export the data or retrain on it'}")
     if expect_context is not None and length != expect_context:
         raise LvmError(f"{path}: trained at context length L={length}, but {where} has windows of L="
-                       f"{expect_context}; score it on L={length} windows (data.context_length) or retrain at L={expect_context}")
+                       f"{expect_context}; {fix or f'score it on L={length} windows (data.context_length) or retrain at L={expect_context}'}")
 
 
 def build_model(ckpt: dict, path, expect_name=None, expect_dim=None, expect_context=None, data=None):
@@ -163,7 +167,7 @@ def build_model(ckpt: dict, path, expect_name=None, expect_dim=None, expect_cont
     return model
 
 
-def load_weights(model, state: dict, path, check_only: bool = False) -> None:
+def load_weights(model, state: dict, path, check_only: bool = False, fix: str = RETRAIN) -> None:
     """load_state_dict with every mismatch named (the old-version case told apart); `check_only`
     checks that `state` would load without loading it."""
     if not isinstance(state, dict):
@@ -173,21 +177,21 @@ def load_weights(model, state: dict, path, check_only: bool = False) -> None:
     unexpected = [k for k in state if k not in want]
     buffers = {"norm_shift", "norm_scale", "anchor_decay"}
     if missing and set(missing) <= buffers and not unexpected:
-        raise LvmError(f"{path}: written by an older lvm version (state_dict lacks {', '.join(missing)}); {RETRAIN}")
+        raise LvmError(f"{path}: written by an older lvm version (state_dict lacks {', '.join(missing)}); {fix}")
     if missing or unexpected:
         parts = [f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "",
                  f"unexpected {', '.join(map(str, unexpected[:4]))}{' ...' if len(unexpected) > 4 else ''}"
                  if unexpected else ""]
         raise LvmError(f"{path}: state_dict does not fit a {model.name} model ({'; '.join(p for p in parts if p)}); "
-                       f"{RETRAIN}")
+                       f"{fix}")
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):
             raise LvmError(f"{path}: state_dict entry {k} is a {type(v).__name__}, not a tensor")
         if tuple(v.shape) != tuple(want[k].shape):
             raise LvmError(f"{path}: state_dict entry {k} has shape {tuple(v.shape)}, but the {model.name} model "
-                           f"its config describes needs {tuple(want[k].shape)}; {RETRAIN}")
+                           f"its config describes needs {tuple(want[k].shape)}; {fix}")
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise LvmError(f"{path}: state_dict entry {k} holds NaN or Inf; {RETRAIN}")
+            raise LvmError(f"{path}: state_dict entry {k} holds NaN or Inf; {fix}")
     if check_only:
         return
     try:

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from lvm import LvmError
 # one checkpoint writer and reader for every consumer (re-exported: `from lvm.train import load_model`)
-from lvm.checkpoints import check_identity, load_checkpoint, load_model, load_weights, save_checkpoint  # noqa: F401
+from lvm.checkpoints import (RESUME_FIX, check_identity, load_checkpoint, load_model,  # noqa: F401
+                             load_weights, save_checkpoint)
 from lvm.cli import stage
 from lvm.config import load_params
 from lvm.data import WindowDataset, check_same_export, should_mmap
@@ -302,7 +303,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
             raise LvmError(f"{last_path}: optimizer/scheduler state does not fit this model "
                            f"({str(e).splitlines()[0][:100] if str(e) else type(e).__name__}); "
-                           "delete it or set train.resume: false") from None
+                           f"{RESUME_FIX}") from None
         history, best = ckpt["history"], ckpt["best"]
         best_state, best_row = ckpt["best_state"], ckpt["best_row"]
         stale = len(history) - best["epoch"] if best["epoch"] > 0 else 0
@@ -482,20 +483,19 @@ def resume_checkpoint(path: Path, model, train_ds) -> dict:
     config of params; its weights loaded into `model`."""
     ckpt = load_checkpoint(path, resume=True)
     cfg = ckpt["model_config"]
-    check_identity(path, cfg, model.config["name"], data=train_ds)
+    check_identity(path, cfg, model.config["name"], data=train_ds, fix=RESUME_FIX)
     missing, extra = sorted(set(model.config) - set(cfg)), sorted(set(cfg) - set(model.config))
     if missing or extra:
         raise LvmError(f"{path}: written by another lvm version (model config "
                        + "; ".join(x for x in (missing and f"lacks {', '.join(missing)}",
                                                 extra and f"has unknown {', '.join(extra)}") if x)
-                       + "), so it cannot be resumed; set train.resume: false to retrain from scratch")
+                       + f"), so it cannot be resumed; {RESUME_FIX}")
     diff = [f"{k} {cfg[k]!r} -> {v!r}" for k, v in model.config.items() if cfg[k] != v]
     if diff:
-        raise LvmError(f"{path}: model config differs from params ({', '.join(diff)}); delete it or set "
-                       "train.resume: false")
+        raise LvmError(f"{path}: model config differs from params ({', '.join(diff)}); {RESUME_FIX}")
     if ckpt["best_state"] is not None:  # the weights best.pt will get: checked before any training
-        load_weights(model, ckpt["best_state"], f"{path} (best_state)", check_only=True)
-    load_weights(model, ckpt["state_dict"], path)
+        load_weights(model, ckpt["best_state"], f"{path} (best_state)", check_only=True, fix=RESUME_FIX)
+    load_weights(model, ckpt["state_dict"], path, fix=RESUME_FIX)
     return ckpt
 
 
