@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
+import re
 import shutil
 import signal
 import subprocess
@@ -245,7 +245,6 @@ def check_refused(root, path, before, code, stderr, case):
     assert code == 2, stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr  # one line, no traceback
     assert str(path.relative_to(root)) in lines[0]
-    import re
     assert re.search(CASES[case][1], lines[0]), lines[0]
     assert snapshot(root, skip=path) == before  # nothing written, nothing lost
 
