@@ -81,13 +81,6 @@ def article_windows(ds: WindowDataset, article_id: int, n: int) -> np.ndarray:
     return mine[np.unique(np.linspace(0, mine.size - 1, min(n, mine.size)).round().astype(int))]
 
 
-def check_model_matches(model, ds: WindowDataset, name: str) -> None:
-    if model.context_length != ds.context_length or model.input_dim != ds.dim:
-        raise LvmError(f"{name}: trained on context_length {model.context_length}, D={model.input_dim}, but "
-                       f"{ds.path} has context_length {ds.context_length}, D={ds.dim}; re-export or pick "
-                       "the matching model")
-
-
 def model_predictor(model, device="cpu", precision: str = "fp32"):
     """context [n, L, D] numpy -> predictions [n, D] numpy, as the evaluate stage computes them."""
     from lvm.train import autocast
@@ -299,9 +292,8 @@ def inspect_command(p: dict, model_paths: list[str], article: int | None, n_wind
     set_threads(p["train"]["threads"])
     device = resolve_device(p["train"]["device"])
     predictors = {"copy_last": copy_last}
-    for path in model_paths:
-        model = load_model(path, device)
-        check_model_matches(model, ds, f"--model {path}")
+    for path in model_paths:  # any model, but of this split's D and L (the check evaluate uses)
+        model = load_model(path, data=ds, device=device)
         name = model.name if model.name not in predictors else f"{model.name} ({path})"
         predictors[name] = model_predictor(model, device, p["train"]["precision"])
     records = inspect_windows(corpus, ds, article_windows(ds, article, n_windows), predictors, k)

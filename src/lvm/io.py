@@ -12,6 +12,7 @@ import contextvars
 import json
 import math
 import os
+import shutil
 import tempfile
 import zipfile
 import zlib
@@ -86,6 +87,30 @@ def atomic_path(path: str | os.PathLike):
             kept = "no output of this stage was changed" if _PENDING.get() is not None else "the old file is kept"
             raise LvmError(f"{path}: could not write it ({e.strerror or e}); {kept}") from None
         raise
+
+
+def replace_dir(src, dest) -> None:
+    """Move the finished directory `src` to `dest`, replacing what was there: the old one is moved
+    aside first and removed only once the new one is in place (a folder cannot be os.replace()d
+    over a non-empty one), so `dest` always holds one complete run's files."""
+    src, dest = Path(src), Path(dest)
+    old = dest.with_name(f".{dest.name}.old.{os.getpid()}.tmp") if dest.exists() else None
+    try:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+        try:
+            os.replace(src, dest)
+        except OSError:
+            if old is not None:
+                os.replace(old, dest)  # put the old one back
+                old = None
+            raise
+    except OSError as e:
+        raise LvmError(f"{dest}: could not move the new files into place ({e.strerror or e}); "
+                       "the old ones are kept") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_safe(obj, where: str, bad: list):

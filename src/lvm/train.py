@@ -15,8 +15,11 @@ import contextlib
 import os
 import random
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,10 +30,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lvm import LvmError
+# one checkpoint writer and reader for every consumer (re-exported: `from lvm.train import load_model`)
+from lvm.checkpoints import (RESUME_FIX, check_identity, load_checkpoint, load_model,  # noqa: F401
+                             load_weights, save_checkpoint)
 from lvm.cli import stage
 from lvm.config import load_params
 from lvm.data import WindowDataset, check_same_export, should_mmap
-from lvm.io import atomic_path, write_json
+from lvm.io import atomic_outputs, replace_dir, write_json
 from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
 from lvm.models.base import fit_normalizer
 
@@ -218,30 +224,6 @@ def init_distributed(device: torch.device, local_rank: int) -> torch.device:
     return device
 
 
-def save_checkpoint(path, model, epoch: int, metrics: dict, **extra) -> None:
-    """A checkpoint loadable with torch.load(weights_only=True): tensors and plain values only."""
-    state = {"model_name": model.config["name"], "model_config": dict(model.config),
-             "state_dict": model.state_dict(), "epoch": epoch, "metrics": metrics, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise LvmError(f"{path}: checkpoint not found; run `dvc repro` to train it")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_model(path, device="cpu"):
-    """Rebuild a trained model from best.pt / final.pt (no pickle)."""
-    ckpt = load_checkpoint(path)
-    cfg = dict(ckpt["model_config"])
-    model = create_model(cfg.pop("name"), **cfg)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval()
-
-
 def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
         models_dir: str = "models", metrics_dir: str = "metrics", live_dir: str = "dvclive",
         progress: bool = True) -> dict:
@@ -307,23 +289,29 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
     out = Path(models_dir) / experiment
     last_path = out / "last.pt"
     history, start_epoch, best = [], 0, {"loss": float("inf"), "cosine": float("nan"), "epoch": -1}
+    # best.pt is written at the end of the run, from this copy of the best epoch's weights (kept in
+    # last.pt too, so a resumed run publishes the true best even if it never improves again)
+    best_state, best_row = None, {}
     train_seconds, seen, stale = 0.0, 0, 0
     if cfg["resume"] and last_path.is_file():
-        ckpt = load_checkpoint(last_path)
-        if ckpt["model_config"] != model.config:
-            raise LvmError(f"{last_path}: model config differs from params; delete it or set train.resume false")
-        model.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if not rank:
-            torch.set_rng_state(ckpt["rng"])
+        ckpt = resume_checkpoint(last_path, model, train_ds)
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            if not rank:
+                torch.set_rng_state(ckpt["rng"])
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
+            raise LvmError(f"{last_path}: optimizer/scheduler state does not fit this model "
+                           f"({str(e).splitlines()[0][:100] if str(e) else type(e).__name__}); "
+                           f"{RESUME_FIX}") from None
         history, best = ckpt["history"], ckpt["best"]
+        best_state, best_row = ckpt["best_state"], ckpt["best_row"]
         stale = len(history) - best["epoch"] if best["epoch"] > 0 else 0
         start_epoch, train_seconds, seen = ckpt["epoch"], ckpt["train_seconds"], ckpt["seen"]
         if main:
             print(f"{experiment}: resuming {model_name} after epoch {start_epoch} from {last_path}")
     elif not cfg["resume"] and main:
-        last_path.unlink(missing_ok=True)
+        last_path.unlink(missing_ok=True)  # only now: every check above passed (a refused run keeps it)
     if world > 1:  # every rank must start from the same epoch (multi-node: models/ on shared storage)
         total, squares = all_sum(device, start_epoch, start_epoch ** 2)  # also a barrier before rank 0
         if squares * world != total * total:                              # may overwrite last.pt
@@ -333,30 +321,46 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         ddp = model
+    saved_epoch = start_epoch  # the epoch last.pt holds (0: none of this run)
 
     # train.ema > 0: an exponential moving average of the weights is what gets validated and saved
     # (Polyak averaging: with ~8 optimiser steps per pass the last step's weights are noisy)
     ema = (torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
         if cfg["ema"] > 0 else None)
-    if ema is not None and cfg["resume"] and last_path.is_file() and "ema" in ckpt:
+    if ema is not None and start_epoch > 0 and "ema" in ckpt:  # resumed: the average goes on
         ema.load_state_dict(ckpt["ema"])
     scored = ema.module if ema is not None else model
 
     def save_last(epoch):
+        nonlocal saved_epoch
         extra = {"ema": ema.state_dict()} if ema is not None else {}
         save_checkpoint(last_path, model, epoch, history[-1] if history else {}, optimizer=opt.state_dict(), **extra,
                         scheduler=sched.state_dict(), rng=torch.get_rng_state(), history=history,
-                        best=best, train_seconds=train_seconds, seen=seen)
+                        best=best, best_state=best_state, best_row=best_row, train_seconds=train_seconds,
+                        seen=seen)
+        saved_epoch = epoch
 
-    live = Live(str(Path(live_dir) / experiment), dvcyaml=False, save_dvc_exp=False,
-                resume=bool(cfg["resume"] and start_epoch > 0), report=None) if main else None
+    live = live_tmp = None
+    if main:
+        # DVCLive writes into a temp folder that replaces dvclive/<exp> only when the run succeeds:
+        # a crash or Ctrl-C keeps the previous run's curves (which match its best.pt and metrics).
+        # A resumed run replays the finished epochs from last.pt, so its curves cover the whole run.
+        try:
+            Path(live_dir).mkdir(parents=True, exist_ok=True)
+            live_tmp = Path(tempfile.mkdtemp(prefix=f".{experiment}.", suffix=".tmp", dir=live_dir))
+        except OSError as e:
+            raise LvmError(f"{live_dir}: cannot create a folder there ({e.strerror or e})") from None
+        live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False, resume=False, report=None)
+        for row in history:
+            log_row(live, row)
     if main:
         print(f"{experiment}: {model_name}, {n_params:,} params, {len(train_ds)} train / {len(val_ds)} val "
               f"windows, L={train_ds.context_length}, D={train_ds.dim}, {device}, {cfg['precision']}, "
               f"loss {cfg['loss']}" + (f", {world} processes (DDP)" if world > 1 else "")
               + (", vectors memory-mapped" if train_ds.vectors is None else ""))
-    epoch = start_epoch
+    epoch, published = start_epoch, False
+    restore = catch_termination()
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             ddp.train()
@@ -423,11 +427,10 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
                         "target_passes": row["target_passes"]}
             if not main:
                 continue
-            for key in ("train_loss", "val_loss", "val_cosine", "lr"):
-                live.log_metric(key.replace("_", "/", 1) if key != "lr" else "lr", row[key])
-            live.next_step()
             if improved:
-                save_checkpoint(out / "best.pt", scored, epoch + 1, row)
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
+                best_row = row
+            log_row(live, row)
             print(f"{experiment} epoch {epoch + 1:3d}/{cfg['epochs']}: train {row['train_loss']:.5f}  "
                   f"val {val['loss']:.5f}  val cos {val['cosine']:.4f}  lr {lr:.1e}  "
                   f"{n / epoch_seconds:.0f} seq/s  {row['target_passes']:.1f} passes{'  *best' if improved else ''}")
@@ -435,35 +438,112 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             if cfg["patience"] and stale >= cfg["patience"]:
                 print(f"{experiment}: no val gain for {stale} epochs (train.patience); stopping after epoch {epoch + 1}")
                 break
-    except KeyboardInterrupt:
+        metrics = {
+            "model": model_name, "params": n_params, "epochs": len(history),
+            "best_epoch": best["epoch"], "best_val_loss": round(best["loss"], 6),
+            "best_val_cosine": round(best["cosine"], 6),
+            "final_val_cosine": round(history[-1]["val_cosine"], 6) if history else None,
+            "train_windows": len(train_ds), "val_windows": len(val_ds),
+            "targets": cfg["targets"], "unique_train_targets": unique_targets,
+            "train_targets_seen": seen * per_window,
+            "target_passes": round(seen * per_window / unique_targets, 3),
+            "best_target_passes": round(best.get("target_passes", 0.0), 3),
+            "anchor": model.anchor, "anchor_decay": round(float(model.anchor_decay), 6),
+            "normalize": cfg["normalize"], "article_fraction": cfg["article_fraction"],
+            "train_articles": int(np.unique(train_ds.article_indices[train_ds.starts]).size),
+            "wall_seconds": round(train_seconds, 1),
+            "train_seq_per_s": round(seen / train_seconds, 1) if train_seconds else None,
+            "device": str(device), "precision": cfg["precision"], "processes": world,
+        }
         if main:
-            print(f"\n{experiment}: interrupted; progress up to epoch {epoch} saved in {last_path} "
-                  "(rerun with train.resume: true to continue)")
             live.end()
-        raise SystemExit(128 + signal.SIGINT)
-    metrics = {
-        "model": model_name, "params": n_params, "epochs": len(history),
-        "best_epoch": best["epoch"], "best_val_loss": round(best["loss"], 6),
-        "best_val_cosine": round(best["cosine"], 6),
-        "final_val_cosine": round(history[-1]["val_cosine"], 6) if history else None,
-        "train_windows": len(train_ds), "val_windows": len(val_ds),
-        "targets": cfg["targets"], "unique_train_targets": unique_targets,
-        "train_targets_seen": seen * per_window,
-        "target_passes": round(seen * per_window / unique_targets, 3),
-        "best_target_passes": round(best.get("target_passes", 0.0), 3),
-        "anchor": model.anchor, "anchor_decay": round(float(model.anchor_decay), 6),
-        "normalize": cfg["normalize"], "article_fraction": cfg["article_fraction"],
-        "train_articles": int(np.unique(train_ds.article_indices[train_ds.starts]).size),
-        "wall_seconds": round(train_seconds, 1),
-        "train_seq_per_s": round(seen / train_seconds, 1) if train_seconds else None,
-        "device": str(device), "precision": cfg["precision"], "processes": world,
-    }
-    if not main:
+            with no_signals():  # a Ctrl-C now would leave half the renames done
+                # best.pt, final.pt and the metrics of this run replace the old ones together, then the curves
+                with atomic_outputs():
+                    save_checkpoint(out / "best.pt", model, best["epoch"], best_row,
+                                    state_dict=best_state if best_state is not None else model.state_dict())
+                    save_checkpoint(out / "final.pt", scored, len(history), history[-1] if history else {})
+                    write_json(Path(metrics_dir) / f"train_{experiment}.json", metrics)
+                replace_dir(live_tmp, Path(live_dir) / experiment)
+                published = True
         return metrics
-    live.end()
-    save_checkpoint(out / "final.pt", scored, len(history), history[-1] if history else {})
-    write_json(Path(metrics_dir) / f"train_{experiment}.json", metrics)
-    return metrics
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (catch_termination)
+        signum = getattr(e, "signum", signal.SIGINT)
+        if main and published:  # the signal was held until the outputs were all in place
+            print(f"\n{experiment}: interrupted ({signal.Signals(signum).name}) after the run finished; "
+                  "its outputs are complete", flush=True)
+        elif main:
+            kept = (f"epochs up to {saved_epoch} are saved in {last_path} (rerun with train.resume: true to "
+                    "continue; the unfinished epoch is redone)" if saved_epoch else "no epoch finished, nothing saved")
+            print(f"\n{experiment}: interrupted ({signal.Signals(signum).name}) in epoch {epoch + 1}; {kept}. "
+                  f"best.pt, final.pt, metrics and dvclive curves are still the previous complete run's", flush=True)
+        raise SystemExit(128 + signum) from None
+    finally:
+        restore()
+        if live_tmp is not None and live_tmp.exists():  # a failed run's curves: the old ones stay
+            shutil.rmtree(live_tmp, ignore_errors=True)
+
+
+def log_row(live, row: dict) -> None:
+    for key in ("train_loss", "val_loss", "val_cosine", "lr"):
+        live.log_metric(key.replace("_", "/", 1) if key != "lr" else "lr", row[key])
+    live.next_step()
+
+
+def resume_checkpoint(path: Path, model, train_ds) -> dict:
+    """last.pt checked like every checkpoint (same model, D and L as the data), resumable, with the
+    config of params; its weights loaded into `model`."""
+    ckpt = load_checkpoint(path, resume=True)
+    cfg = ckpt["model_config"]
+    check_identity(path, cfg, model.config["name"], data=train_ds, fix=RESUME_FIX)
+    missing, extra = sorted(set(model.config) - set(cfg)), sorted(set(cfg) - set(model.config))
+    if missing or extra:
+        raise LvmError(f"{path}: written by another lvm version (model config "
+                       + "; ".join(x for x in (missing and f"lacks {', '.join(missing)}",
+                                                extra and f"has unknown {', '.join(extra)}") if x)
+                       + f"), so it cannot be resumed; {RESUME_FIX}")
+    diff = [f"{k} {cfg[k]!r} -> {v!r}" for k, v in model.config.items() if cfg[k] != v]
+    if diff:
+        raise LvmError(f"{path}: model config differs from params ({', '.join(diff)}); {RESUME_FIX}")
+    if ckpt["best_state"] is not None:  # the weights best.pt will get: checked before any training
+        load_weights(model, ckpt["best_state"], f"{path} (best_state)", check_only=True, fix=RESUME_FIX)
+    load_weights(model, ckpt["state_dict"], path, fix=RESUME_FIX)
+    return ckpt
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, torchrun stopping its workers) handled like Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def catch_termination():
+    """SIGTERM raises like SIGINT does, so an interrupted run cleans up the same way (temp outputs
+    removed, previous outputs kept, last.pt of the last finished epoch). Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def no_signals():
+    """Hold SIGINT/SIGTERM until the block is done (delivered right after it)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @stage

@@ -15,7 +15,7 @@ from lvm.cli import stage_main
 from lvm.data import WindowDataset
 from lvm.inspect import hierarchy_saliency, load_corpus_text, memory_slot_stats, slot_neighbours
 from lvm.io import write_json, write_text
-from lvm.train import DATA_DIR, load_model, set_threads
+from lvm.train import DATA_DIR, EXPERIMENTS, load_model, set_threads
 
 OUT_MEMORY = "metrics/memory_slots.json"
 OUT_HIERARCHY = "metrics/hierarchy_saliency.json"
@@ -40,7 +40,8 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_memor
         path = Path(models_dir) / experiment / "best.pt"
         if not path.is_file():
             raise LvmError(f"{path}: missing; run `dvc repro train_{experiment}`")
-        models[experiment] = load_model(path, "cpu")
+        # the experiment's own model (the analyses are model-specific), of the test split's D and L
+        models[experiment] = load_model(path, expect_name=EXPERIMENTS[experiment], data=test, device="cpu")
     try:
         corpus = load_corpus_text(p["data"]["vectors"], p["data"]["trust_pickle"])
     except LvmError as e:

@@ -171,16 +171,18 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     warnings = [w for s in EVAL_SPLITS
                 if (w := warn_few_articles(s, int(np.unique(datasets[s].window_articles()).size)))]
     results, per_window, test_preds = {}, {}, {}
-    baselines = fit_baselines(cfg, datasets["train"])
-    predictors = {name: (lambda ds, b=b: predict_batches(b, context_chunks(ds, cfg["batch_size"])))
-                  for name, b in baselines.items()}
-    min_context = {"ridge": cfg["ridge_k"]} if "ridge" in baselines else {}
-    models = {}
+    models = {}  # loaded and checked first: a wrong checkpoint fails before any work is done
     for experiment, model_name in EXPERIMENTS.items():  # reported under the model's name
         path = Path(models_dir) / experiment / "best.pt"
         if not path.is_file():
             raise LvmError(f"{path}: missing; run `dvc repro train_{experiment}`")
-        model = models[model_name] = load_model(path, device)
+        # it must hold this experiment's model, trained on vectors of this D and windows of this L
+        models[model_name] = load_model(path, expect_name=model_name, data=datasets["test"], device=device)
+    baselines = fit_baselines(cfg, datasets["train"])
+    predictors = {name: (lambda ds, b=b: predict_batches(b, context_chunks(ds, cfg["batch_size"])))
+                  for name, b in baselines.items()}
+    min_context = {"ridge": cfg["ridge_k"]} if "ridge" in baselines else {}
+    for model_name, model in models.items():
         predictors[model_name] = (lambda ds, m=model: predict(m, ds, cfg["batch_size"], device,
                                                               p["train"]["precision"]))
     # PAR's denominator (max cosine of each true next vector to its context) is the same for every
