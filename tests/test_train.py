@@ -163,14 +163,17 @@ def test_anchored_model_starts_at_its_baseline_with_train_statistics(tmp_path, d
     assert metrics["anchor"] == "none"
     p["model"]["anchor"] = "decay_mean"
     p["train"].update(epochs=1, lr=1e-12, normalize="robust", targets="all")
-    run(p, "gru", "exp", data_dir=str(data_dir), models_dir=str(out / "m2"), metrics_dir=str(out / "x2"),
-        live_dir=str(out / "l2"), progress=False)
+    anchored = run(p, "gru", "exp", data_dir=str(data_dir), models_dir=str(out / "m2"), metrics_dir=str(out / "x2"),
+                   live_dir=str(out / "l2"), progress=False)
     model = load_model(out / "m2/exp/best.pt")
     tr, val = WindowDataset(data_dir / "train.npz"), WindowDataset(data_dir / "val.npz")
     decay = fit_anchor_decay(tr)
     assert float(model.anchor_decay) == pytest.approx(decay)
     expected = np.concatenate([ExpDecayMean(decay=decay).predict(c.numpy()) for _, c, _ in val.batches(64)])
     np.testing.assert_allclose(predict(model, val), expected, atol=1e-4)
+    # before training, the anchored model scores exactly the baseline's val cosine
+    baseline_cos = float((expected * val.vectors_np[val.targets_rows()]).sum(1).mean())
+    assert anchored["start_val_cosine"] == pytest.approx(baseline_cos, abs=1e-5)
     # the normaliser is the train split's, not val's or test's (and it travelled in the checkpoint)
     shift, scale = fit_normalizer(tr.vectors_np, "robust")
     torch.testing.assert_close(model.norm_shift, shift)

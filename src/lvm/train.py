@@ -359,6 +359,9 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
               f"windows, L={train_ds.context_length}, D={train_ds.dim}, {device}, {cfg['precision']}, "
               f"loss {cfg['loss']}" + (f", {world} processes (DDP)" if world > 1 else "")
               + (", vectors memory-mapped" if train_ds.vectors is None else ""))
+    # val cosine before any training: for an anchored model exactly its anchor baseline's, so the
+    # history says when (and whether) training got past the baseline it starts from
+    start_cos = history[0]["start_val_cosine"] if history else validate(scored, val_ds, cfg, device, rank, world)["cosine"]
     epoch, published = start_epoch, False
     restore = catch_termination()
     try:
@@ -371,7 +374,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
                                        limit=cfg["max_train_windows"], rank=rank, world=world,
                                        all_targets=all_targets)
             bar = tqdm(batches, total=-(-n_epoch // cfg["batch_size"]), leave=False, mininterval=2.0,
-                       desc=f"{experiment} epoch {epoch + 1}/{cfg['epochs']}", disable=not (progress and main))
+                       desc=f"{experiment} epoch {epoch + 1}/{cfg['epochs']}", disable=not (progress and main and sys.stderr.isatty()))  # no \r frames in logs
             for k, (idx, ctx, tgt) in enumerate(bar):
                 # This rank's share of the global batch: DDP averages gradients over ranks, so the
                 # loss is weighted by share * world / global size to give the global batch's mean
@@ -415,7 +418,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             lr = opt.param_groups[0]["lr"]
             row = {"epoch": epoch + 1, "train_loss": total / n, "val_loss": val["loss"],
                    "val_cosine": val["cosine"], "lr": lr, "seconds": epoch_seconds,
-                   "target_passes": seen * per_window / unique_targets}
+                   "target_passes": seen * per_window / unique_targets, "start_val_cosine": start_cos}
             history.append(row)
             if not np.isfinite(val["loss"]):
                 raise LvmError(f"training {experiment}: val loss is {val['loss']} after epoch {epoch + 1}; "
@@ -451,6 +454,10 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             "anchor": model.anchor, "anchor_decay": round(float(model.anchor_decay), 6),
             "normalize": cfg["normalize"], "article_fraction": cfg["article_fraction"],
             "train_articles": int(np.unique(train_ds.article_indices[train_ds.starts]).size),
+            "start_val_cosine": round(start_cos, 6),
+            # train seconds until val cosine first exceeded its value before training (null: never)
+            "seconds_to_beat_start": next((round(sum(r["seconds"] for r in history[:i + 1]), 1)
+                                           for i, r in enumerate(history) if r["val_cosine"] > start_cos), None),
             "wall_seconds": round(train_seconds, 1),
             "train_seq_per_s": round(seen / train_seconds, 1) if train_seconds else None,
             "device": str(device), "precision": cfg["precision"], "processes": world,

@@ -166,7 +166,9 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     set_threads(p["train"]["threads"])
     device = resolve_device(p["train"]["device"])
     datasets = {s: WindowDataset(Path(data_dir) / f"{s}.npz") for s in ("train", *EVAL_SPLITS)}
-    check_same_export(list(datasets.values()), Path(data_dir) / "metadata_ctx100.json")
+    # splits of one export (and, where the export's metadata is there, the same id as it)
+    metadata = Path(data_dir) / "metadata_ctx100.json"
+    check_same_export(list(datasets.values()), metadata if metadata.is_file() else None)
     check_disjoint(datasets)
     warnings = [w for s in EVAL_SPLITS
                 if (w := warn_few_articles(s, int(np.unique(datasets[s].window_articles()).size)))]
