@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
 def test_levers_and_data_scale(workdir):
     from lvm.ablation import main
     args = ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "ctx"),
-            "--out-dir", str(workdir / "out"), "--plots-dir", str(workdir / "plots")]
+            "--out-dir", str(workdir / "out"), "--plots-dir", str(workdir / "plots"), "--readme", ""]
     main(args + ["--only", "default", "targets=last", "normalize=robust"])
     out = json.loads((workdir / "out/ablation.json").read_text())
     # normalize=robust restates params.yaml: no duplicate row
@@ -47,3 +47,5 @@ def test_levers_and_data_scale(workdir):
     targets = [r["train"]["unique_train_targets"] for r in scale["runs"]]
     assert targets == sorted(targets) and targets[0] < targets[-1]
     assert (workdir / "plots/data_scale.png").stat().st_size > 10_000
+    section = (workdir / "out/ablation_section.md").read_text()
+    assert "| targets=last |" in section and "Data scale" in section

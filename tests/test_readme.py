@@ -34,10 +34,12 @@ def test_readme_first_screen_gives_the_two_setup_commands():
 
 
 def test_analysis_and_sweep_sections_are_the_generated_files():
-    for name, path in (("analysis", "metrics/analysis.md"), ("sweep", "metrics/context_sweep.md")):
+    # every one is committed: a missing file fails here instead of passing unchecked
+    for name, path in (("analysis", "metrics/analysis.md"), ("sweep", "metrics/context_sweep.md"),
+                       ("ablation", "metrics/ablation_section.md")):
         generated = REPO / path
-        if generated.is_file():
-            assert section(name) == generated.read_text().strip()
+        assert generated.is_file(), path
+        assert section(name) == generated.read_text().strip()
 
 
 def test_performance_sections_are_the_benchmark_output():
