@@ -166,7 +166,7 @@ def data_scale_figure(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     x = [r["train"]["unique_train_targets"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "cosine_diff", "test cosine"), (axes[1], "cand_mrr_diff", "test candidate MRR")):
         y = [r["test"][key] for r in rows]
         lo = [r["test"][f"{key}_ci_low"] for r in rows]
@@ -177,8 +177,10 @@ def data_scale_figure(rows: list[dict], path: str) -> None:
         ax.set_xticks(x, [f"{n:,}\n({r['train']['train_articles']} art.)" for n, r in zip(x, rows)])
         ax.minorticks_off()
         ax.set_xlabel("train targets (train articles)")
-        ax.set_ylabel(f"{label}: model − best baseline")
-    fig.suptitle(f"{rows[0]['model']} vs the best baseline as the train split grows (95% paired CI)")
+        ax.set_ylabel(f"Δ {label}")
+        ax.set_title(f"{label}: model − {rows[0]['test']['cosine_baseline' if key == 'cosine_diff' else 'mrr_baseline']}",
+                     fontsize=10)
+    fig.suptitle(f"{rows[0]['model']} vs the best baseline (chosen on val) as the train split grows; 95% paired CI")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
