@@ -320,7 +320,8 @@ def test_failed_run_keeps_the_previous_runs_outputs(project, monkeypatch, when):
         def fake(*a, **kw):
             calls.append(1)
             out = validate(*a, **kw)
-            return {**out, "loss": float("nan")} if len(calls) == 2 else out
+            # call 1 scores the untrained model (start_val_cosine), call 3 is epoch 2's validation
+            return {**out, "loss": float("nan")} if len(calls) == 3 else out
 
         monkeypatch.setattr(T, "validate", fake)
         with pytest.raises(LvmError, match="val loss is nan after epoch 2; lower train.lr"):

@@ -361,10 +361,11 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
               + (", vectors memory-mapped" if train_ds.vectors is None else ""))
     # val cosine before any training: for an anchored model exactly its anchor baseline's, so the
     # history says when (and whether) training got past the baseline it starts from
-    start_cos = history[0]["start_val_cosine"] if history else validate(scored, val_ds, cfg, device, rank, world)["cosine"]
     epoch, published = start_epoch, False
     restore = catch_termination()
-    try:
+    try:  # (inside: a failure here too must leave no temp curves behind)
+        start_cos = (history[0]["start_val_cosine"] if history
+                     else validate(scored, val_ds, cfg, device, rank, world)["cosine"])
         for epoch in range(start_epoch, cfg["epochs"]):
             ddp.train()
             t0, total, n = time.perf_counter(), 0.0, 0
