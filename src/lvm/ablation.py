@@ -64,6 +64,7 @@ def distinct(p: dict, overrides: dict) -> bool:
 def score_run(p: dict, model: str, data_dir: str, reference: dict) -> dict:
     """Train one variant in a scratch directory and score its best checkpoint on val and test."""
     from lvm.stages.evaluate import score, vs_best_baseline
+    from lvm.hardware import resolve_precision
     from lvm.train import load_model, predict, run
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +79,7 @@ def score_run(p: dict, model: str, data_dir: str, reference: dict) -> dict:
     cfg = p["evaluate"]
     for split, ds in reference["datasets"].items():
         with torch.no_grad():
-            pred = predict(net, ds, cfg["batch_size"], torch.device("cpu"), p["train"]["precision"])
+            pred = predict(net, ds, cfg["batch_size"], torch.device("cpu"), resolve_precision(p["train"]["precision"], torch.device("cpu")))
             summary, pw = score(pred, ds, cfg, reference["true_ctx_max"][split])
         per_window = {**reference["per_window"], (model, split): pw}
         v = vs_best_baseline(per_window, model, split, reference["best"], ds.window_articles(), cfg)

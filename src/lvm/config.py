@@ -24,7 +24,7 @@ DEFAULTS: dict = {
     "ingest": {
         "source": "default",  # "default" = the Wikipedia shard shipped in gensim, or a *.xml.bz2 dump
         "encoder": "minilm",  # minilm (384-D) | mpnet (768-D)
-        "precision": "bf16",  # encoder weights: bf16 (AMX, cosine>=0.994 to fp32) | fp32
+        "precision": "auto",  # encoder weights: auto (bf16 where the CPU has native bf16, else fp32) | bf16 | fp32
         "batch_size": 64,
         "max_words": 15,
         "min_words": 3,
@@ -66,7 +66,7 @@ DEFAULTS: dict = {
         "lr_patience": 3,
         "lr_factor": 0.5,
         "device": "auto",  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
-        "precision": "fp32",  # fp32 | bf16 (autocast, fp32 master weights)
+        "precision": "auto",  # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16 (autocast)
         "bf16_contexts": True,  # with precision bf16: gather training contexts from a bf16 table (2.2x loader)
         "threads": 0,  # torch intra-op threads; 0 = all cores
         "window_stride": 0,  # stride of TRAINING windows inside train articles; 0 = as exported
@@ -92,9 +92,9 @@ DEFAULTS: dict = {
 
 CHOICES = {
     ("ingest", "encoder"): ("minilm", "mpnet"),
-    ("ingest", "precision"): ("bf16", "fp32"),
+    ("ingest", "precision"): ("auto", "bf16", "fp32"),
     ("train", "loss"): ("mse", "cosine", "infonce", "mse+infonce", "cosine+infonce"),
-    ("train", "precision"): ("fp32", "bf16"),
+    ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "targets"): ("last", "all"),
     ("train", "normalize"): ("none", "center", "standard", "robust"),
     ("model", "anchor"): ("none", "last", "decay_mean"),

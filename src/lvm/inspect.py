@@ -278,7 +278,8 @@ def hierarchy_saliency(model, ds: WindowDataset, batch_size: int = 64) -> dict:
 def inspect_command(p: dict, model_paths: list[str], article: int | None, n_windows: int = 3, k: int = 5,
                     split: str = "test", data_dir: str = "data/ctx100") -> str:
     """What `lvm inspect` prints: the split's articles (no --article) or decoded predictions."""
-    from lvm.train import load_model, resolve_device, set_threads
+    from lvm.hardware import resolve_device, resolve_precision
+    from lvm.train import load_model, set_threads
 
     for flag, value in (("--windows", n_windows), ("--k", k)):
         if value < 1:
@@ -295,7 +296,7 @@ def inspect_command(p: dict, model_paths: list[str], article: int | None, n_wind
     for path in model_paths:  # any model, but of this split's D and L (the check evaluate uses)
         model = load_model(path, data=ds, device=device)
         name = model.name if model.name not in predictors else f"{model.name} ({path})"
-        predictors[name] = model_predictor(model, device, p["train"]["precision"])
+        predictors[name] = model_predictor(model, device, resolve_precision(p["train"]["precision"], device))
     records = inspect_windows(corpus, ds, article_windows(ds, article, n_windows), predictors, k)
     return (f"nearest chunks: cosine search over all {len(corpus.texts)} rows of {corpus.path} (target and "
             f"context included, tagged)\n\n" + format_text(records))

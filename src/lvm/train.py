@@ -35,6 +35,7 @@ from lvm.checkpoints import (RESUME_FIX, check_identity, load_checkpoint, load_m
                              load_weights, save_checkpoint)
 from lvm.cli import stage
 from lvm.config import load_params
+from lvm.hardware import autocast, resolve_device, resolve_precision  # noqa: F401 (re-exported)
 from lvm.data import WindowDataset, check_same_export, should_mmap
 from lvm.io import atomic_outputs, replace_dir, write_json
 from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
@@ -48,26 +49,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LvmError(f"params: train.device: {name!r} requested but CUDA is not available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise LvmError("params: train.device: 'mps' requested but MPS is not available")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def set_threads(threads: int, processes: int = 1) -> None:
@@ -237,6 +218,7 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     set_threads(cfg["threads"], local_procs)
     device = resolve_device(cfg["device"])
+    cfg = {**cfg, "precision": resolve_precision(cfg["precision"], device)}  # auto -> what this device runs
     if world > 1:
         device = init_distributed(device, local_rank)
     try:

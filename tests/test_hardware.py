@@ -1,0 +1,40 @@
+"""precision: auto picks bf16 only where the hardware multiplies bf16 natively."""
+import os
+
+import pytest
+import torch
+
+from lvm import hardware
+
+
+def test_auto_follows_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)
+    assert hardware.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
+    assert hardware.resolve_precision("auto", cpu) == "bf16"
+    assert hardware.resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_explicit_bf16_without_hardware_warns_once(monkeypatch, capsys):
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)
+    monkeypatch.setattr(hardware, "_WARNED", set())
+    assert hardware.resolve_precision("bf16", torch.device("cpu"), "ingest.precision") == "bf16"
+    assert hardware.resolve_precision("bf16", torch.device("cpu"), "ingest.precision") == "bf16"
+    err = capsys.readouterr().err
+    assert err.count("warning: ingest.precision: bf16") == 1
+
+
+def test_native_bf16_matches_this_cpu():
+    """oneDNN multiplies bf16 natively with AVX512-BF16 or AMX; with no AVX-512 at all it emulates."""
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("needs /proc/cpuinfo to know the CPU's flags")
+    flags = set(open("/proc/cpuinfo").read().split())
+    if not any(f.startswith("avx512") for f in flags):
+        assert hardware.native_bf16(torch.device("cpu")) is False
+        assert hardware.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    elif flags & {"amx_bf16", "avx512_bf16"}:
+        assert hardware.native_bf16(torch.device("cpu")) is True
+        assert hardware.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    else:
+        pytest.skip("AVX-512 without BF16: oneDNN's choice is version dependent")
