@@ -52,3 +52,15 @@ def test_openmp_threads_do_not_spin_unless_asked():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_usable_cpus_follows_the_affinity_mask():
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs Linux affinity calls")
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert hardware.usable_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, before)
+    assert hardware.usable_cpus() <= len(before)

@@ -35,7 +35,7 @@ from lvm.checkpoints import (RESUME_FIX, check_identity, load_checkpoint, load_m
                              load_weights, save_checkpoint)
 from lvm.cli import stage
 from lvm.config import load_params
-from lvm.hardware import autocast, resolve_device, resolve_precision  # noqa: F401 (re-exported)
+from lvm.hardware import autocast, resolve_device, resolve_precision, usable_cpus  # noqa: F401 (re-exported)
 from lvm.data import WindowDataset, check_same_export, should_mmap
 from lvm.io import atomic_outputs, replace_dir, write_json
 from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
@@ -53,7 +53,7 @@ def set_seed(seed: int) -> None:
 
 def set_threads(threads: int, processes: int = 1) -> None:
     """`threads` intra-op threads (0 = the cores shared evenly by this node's `processes`)."""
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(processes, 1)))
+    torch.set_num_threads(threads or max(1, usable_cpus() // max(processes, 1)))
     torch.set_flush_denormal(True)  # denormal floats (tiny gradients) run 10-100x slower on CPUs
     tune_malloc()
 
