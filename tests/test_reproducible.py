@@ -186,3 +186,32 @@ def test_bf16_encoder_within_the_readme_tolerance_of_fp32(small_wiki):
     shuffled = encode(model, [texts[i] for i in perm], 32, progress=False)[np.argsort(perm)]
     assert np.array_equal(shuffled, fp32)  # same batches whatever the input order
     assert np.abs(encode(model, texts, 16, progress=False) - fp32).max() < 1e-5
+
+
+class BatchSensitiveEncoder:
+    """Stands in for SentenceTransformer: cuts the list it gets into `batch_size` pieces in the order
+    given, and each vector depends a little on its batch (as padding and kernel blocking do)."""
+
+    def encode(self, texts, batch_size, convert_to_tensor, normalize_embeddings, show_progress_bar):
+        import torch
+
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start:start + batch_size]
+            pad = max(len(t) for t in batch)
+            for t in batch:
+                g = np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16))
+                rows.append(g.standard_normal(8) + 1e-3 * pad)
+        return torch.tensor(np.array(rows), dtype=torch.float32)
+
+
+def test_encode_batches_do_not_depend_on_input_order():
+    from lvm.corpus import encode
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["w"] * int(rng.integers(1, 12)) + [str(i % 40)]) for i in range(300)]
+    ref = encode(BatchSensitiveEncoder(), texts, 16, progress=False)
+    perm = rng.permutation(len(texts))
+    shuffled = encode(BatchSensitiveEncoder(), [texts[i] for i in perm], 16, progress=False)[np.argsort(perm)]
+    assert np.array_equal(ref, shuffled)
+    np.testing.assert_allclose(np.linalg.norm(ref, axis=1), 1, atol=1e-6)
