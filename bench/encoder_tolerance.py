@@ -35,6 +35,13 @@ def st_encode(model, texts, batch_size):
     return torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy()
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def compare(a: np.ndarray, b: np.ndarray) -> dict:
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return {"identical": bool(np.array_equal(a, b)), "max_abs_diff": float(np.abs(a - b).max()),
@@ -60,7 +67,7 @@ def main():
     perm = np.random.default_rng(0).permutation(len(texts))
     inv = np.argsort(perm)
     res = {"chunks": len(texts), "encoder": cfg["encoder"], "threads": threads,
-           "machine": f"{platform.processor() or platform.machine()}, {threads} threads, torch {torch.__version__}",
+           "machine": f"{cpu_name()}, {threads} threads, torch {torch.__version__}",
            "results": {}}
     refs = {}
     # (precision, path) -> variants; bf16 is emulated (slow) on CPUs without native bf16: fewer runs
