@@ -157,7 +157,7 @@ def train(work: Path, nproc: int, cold: bool, args) -> dict:
         for split in ("train", "val"):
             drop_cache(work / f"data/ctx100/{split}.npz")
     env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="true")
+               DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="true", LVM_LOG_DIR=str(work / "logs"))
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "lvm.train", "--model", "gru", "--experiment", "bench",
                              "--no-progress"], cwd=work, env=env, stdout=subprocess.PIPE,
@@ -171,12 +171,14 @@ def train(work: Path, nproc: int, cold: bool, args) -> dict:
     if proc.returncode:
         raise SystemExit(f"training with nproc={nproc} failed:\n{log}")
     metrics = json.loads((work / "metrics/train_bench.json").read_text())
+    # timings are not in the metrics file: the run's last line in its log (lvm.io.log_run)
+    timings = json.loads((work / "logs/train_bench.jsonl").read_text().splitlines()[-1])
     procs = [{"pid": pid, "role": poller.roles.get(pid, "?"), **{k: v for k, v in peak.items()}}
              for pid, peak in poller.peak.items()]
     procs.sort(key=lambda r: r["role"])
     print(log.strip().splitlines()[-1])
-    return {"nproc": nproc, "cache": "cold" if cold else "warm", "wall_s": round(wall, 1), "train_seconds": metrics["wall_seconds"],
-            "windows_per_s": metrics["train_seq_per_s"], "windows": args.steps * args.batch,
+    return {"nproc": nproc, "cache": "cold" if cold else "warm", "wall_s": round(wall, 1), "train_seconds": timings["train_seconds"],
+            "windows_per_s": timings["train_seq_per_s"], "windows": args.steps * args.batch,
             "final_val_cosine": metrics["final_val_cosine"], "processes": procs}
 
 

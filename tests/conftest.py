@@ -112,6 +112,20 @@ def write_small_wiki(path, titles=SHORT_ARTICLES, with_redirect: bool = True) ->
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def run_logs(tmp_path_factory):
+    """Stage timings (lvm.io.log_run) of the tests go to a scratch folder, not the checkout's logs/;
+    subprocesses inherit it through stage_env()."""
+    path = tmp_path_factory.mktemp("logs")
+    old = os.environ.get("LVM_LOG_DIR")
+    os.environ["LVM_LOG_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("LVM_LOG_DIR", None)
+    else:
+        os.environ["LVM_LOG_DIR"] = old
+
+
 @pytest.fixture
 def make_npz(tmp_path):
     """make_npz(lengths, name='vectors.npz', **kw) -> (path, arrays); see write_vectors."""

@@ -80,7 +80,7 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
     # three tables (cosine, retrieval, per-position curve): header, then one row per predictor each
     assert table.count("\n| ") == 3 * (1 + len(on_disk))
     assert "vs best baseline [95% CI]" in table and "paired difference to" in table and "reference" in table
-    assert "The curve adds" in table and "ridge at k=1, 2" in table
+    assert "ridge at k=1, 2" in table and " s to this stage" not in table  # its time: logs/evaluate.jsonl
     text = readme.read_text()
     assert "old" not in text and table.strip() in text and text.endswith("tail\n")
     assert "No text sample" in (trained / "metrics/inspect_sample.md").read_text()

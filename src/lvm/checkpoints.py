@@ -36,8 +36,10 @@ def save_checkpoint(path, model, epoch: int, metrics: dict, state_dict: dict | N
     state = {"model_name": model.config["name"], "model_config": dict(model.config),
              "state_dict": model.state_dict() if state_dict is None else state_dict,
              "epoch": epoch, "metrics": metrics, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # to a file object: torch.save names the zip's folder after a path's stem, here the random temp
+        # name, so the same checkpoint would differ in bytes on every run (and DVC would see a change)
+        torch.save(state, f)
 
 
 def _looks_like_text(head: bytes) -> bool:

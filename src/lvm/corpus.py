@@ -5,6 +5,7 @@ import bz2
 import importlib.util
 import os
 import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
@@ -178,11 +179,27 @@ def _unpack_mpnet() -> Path:
 
 
 def encode(model, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 embeddings [len(texts), D]."""
-    import torch
+    """L2-normalised float32 embeddings [len(texts), D], in the order of `texts`.
 
+    The batches are fixed here, not inside SentenceTransformer.encode: texts sorted by (length
+    descending, then the text itself) and cut into `batch_size` pieces, so which texts share a batch
+    (and its padding) depends only on the set of texts, never on their order in the input or on how
+    numpy's unstable argsort (SIMD variants differ between CPUs) breaks ties between equal lengths."""
+    import torch
+    from tqdm import tqdm
+
+    order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), texts[i]))
+    out = None
     with torch.inference_mode():
-        emb = model.encode(texts, batch_size=batch_size, convert_to_tensor=True,
-                           normalize_embeddings=True, show_progress_bar=progress)
-    emb = emb.float()
-    return torch.nn.functional.normalize(emb, dim=1).cpu().numpy().astype(np.float32)
+        for start in tqdm(range(0, len(order), batch_size), desc="encode", unit=" batches",
+                          disable=not (progress and sys.stderr.isatty())):
+            idx = order[start:start + batch_size]
+            emb = model.encode([texts[i] for i in idx], batch_size=len(idx), convert_to_tensor=True,
+                               normalize_embeddings=True, show_progress_bar=False)
+            emb = torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy().astype(np.float32)
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), np.float32)
+            out[idx] = emb
+    if out is None:
+        raise LvmError("ingest: no text to encode")
+    return out

@@ -13,9 +13,12 @@ import json
 import math
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import zipfile
 import zlib
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +140,26 @@ def write_json(path, obj) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)  # last guard
     with atomic_path(path) as tmp:
         tmp.write_text(text + "\n")
+
+
+LOG_DIR = "logs"  # untracked (gitignored): $LVM_LOG_DIR moves it
+
+
+def log_run(stage: str, record: dict) -> None:
+    """Timings and other facts of one run that change on every rerun (seconds, rates, host): never in
+    a stage's outputs, which must stay byte-identical when inputs and params are unchanged. One line on
+    stderr and one JSON line appended to logs/<stage>.jsonl, with the UTC time and host. A log that
+    cannot be written costs a WARNING, never the run."""
+    print(f"{stage}: " + ", ".join(f"{k} {v}" for k, v in record.items()), file=sys.stderr)
+    entry = {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
+             "stage": stage, **_json_safe(record, "", [])}
+    path = Path(os.environ.get("LVM_LOG_DIR") or LOG_DIR) / f"{stage}.jsonl"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+    except OSError as e:
+        print(f"WARNING: {path}: run log not written ({e.strerror or e})", file=sys.stderr)
 
 
 def write_text(path, text: str) -> None:

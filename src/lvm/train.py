@@ -37,7 +37,7 @@ from lvm.cli import stage
 from lvm.config import load_params
 from lvm.hardware import autocast, resolve_device, resolve_precision, usable_cpus  # noqa: F401 (re-exported)
 from lvm.data import WindowDataset, check_same_export, should_mmap
-from lvm.io import atomic_outputs, replace_dir, write_json
+from lvm.io import atomic_outputs, log_run, replace_dir, write_json
 from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
 from lvm.models.base import fit_normalizer
 
@@ -438,25 +438,34 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             "normalize": cfg["normalize"], "article_fraction": cfg["article_fraction"],
             "train_articles": int(np.unique(train_ds.article_indices[train_ds.starts]).size),
             "start_val_cosine": round(start_cos, 6),
+            # the first epoch whose val cosine exceeded its value before training (null: never)
+            "epochs_to_beat_start": next((r["epoch"] for r in history if r["val_cosine"] > start_cos), None),
+            "device": str(device), "precision": cfg["precision"], "processes": world,
+        }
+        # timings change on every run, so they stay out of the metrics file (and the checkpoints): printed,
+        # logged to logs/train_<exp>.jsonl, and returned with the metrics under "timings"
+        timings = {
             # train seconds until val cosine first exceeded its value before training (null: never)
             "seconds_to_beat_start": next((round(sum(r["seconds"] for r in history[:i + 1]), 1)
                                            for i, r in enumerate(history) if r["val_cosine"] > start_cos), None),
-            "wall_seconds": round(train_seconds, 1),
+            "train_seconds": round(train_seconds, 1),
             "train_seq_per_s": round(seen / train_seconds, 1) if train_seconds else None,
-            "device": str(device), "precision": cfg["precision"], "processes": world,
+            "epoch_seconds": [round(r["seconds"], 2) for r in history],
         }
         if main:
             live.end()
             with no_signals():  # a Ctrl-C now would leave half the renames done
                 # best.pt, final.pt and the metrics of this run replace the old ones together, then the curves
                 with atomic_outputs():
-                    save_checkpoint(out / "best.pt", model, best["epoch"], best_row,
+                    save_checkpoint(out / "best.pt", model, best["epoch"], untimed(best_row),
                                     state_dict=best_state if best_state is not None else model.state_dict())
-                    save_checkpoint(out / "final.pt", scored, len(history), history[-1] if history else {})
+                    save_checkpoint(out / "final.pt", scored, len(history), untimed(history[-1] if history else {}))
                     write_json(Path(metrics_dir) / f"train_{experiment}.json", metrics)
                 replace_dir(live_tmp, Path(live_dir) / experiment)
                 published = True
-        return metrics
+            log_run(f"train_{experiment}", {"model": model_name, "epochs": len(history), **timings,
+                                            "device": str(device), "processes": world})
+        return {**metrics, "timings": timings}
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (catch_termination)
         signum = getattr(e, "signum", signal.SIGINT)
         if main and published:  # the signal was held until the outputs were all in place
@@ -472,6 +481,12 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         restore()
         if live_tmp is not None and live_tmp.exists():  # a failed run's curves: the old ones stay
             shutil.rmtree(live_tmp, ignore_errors=True)
+
+
+def untimed(row: dict) -> dict:
+    """An epoch's history row without its wall time: what best.pt and final.pt keep (their bytes must
+    not change when a rerun with the same inputs and params trains the same weights)."""
+    return {k: v for k, v in row.items() if k != "seconds"}
 
 
 def log_row(live, row: dict) -> None:

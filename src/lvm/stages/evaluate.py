@@ -24,7 +24,7 @@ from lvm import LvmError
 from lvm.baselines import make_baselines, predict_batches
 from lvm.cli import stage_main
 from lvm.data import WindowDataset, check_same_export
-from lvm.io import write_json, write_text
+from lvm.io import log_run, write_json, write_text
 from lvm.metrics import (MIN_CI_ARTICLES, context_max_cosine, cosine, evaluate_predictions, group_ci,
                          interval_verdict, paired_difference)
 from lvm.hardware import resolve_precision
@@ -224,9 +224,12 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     print(f"context curve: k in {grid} for {len(predictors)} predictors on {curve['n_windows']} test windows "
           f"in {curve_seconds:.1f} s (skipped: {curve['skipped']})")
     write_json(out_curve, curve)
+    # the curve's cost changes on every run: logged (logs/evaluate.jsonl), not written into results.md
+    log_run("evaluate", {"seconds_context_curve": round(curve_seconds, 1), "predictors": len(predictors),
+                         "curve_windows": curve["n_windows"]})
 
     table = results_table(results, list(baselines), list(EXPERIMENTS.values()), best, curve=curve,
-                          curve_seconds=curve_seconds, warnings=warnings)
+                          warnings=warnings)
     write_text(out_md, table)
     if readme and Path(readme).is_file():
         splice_readme(readme, table)
@@ -298,7 +301,7 @@ def verdict(results: dict, baselines: list[str], models: list[str], metric: str,
 
 
 def results_table(results: dict, baselines: list[str], models: list[str], best: dict, curve: dict | None = None,
-                  curve_seconds: float | None = None, warnings: list[str] | None = None) -> str:
+                  warnings: list[str] | None = None) -> str:
     n = results[models[0] if models else baselines[0]]["test"]
     n_art = int(n["n_articles"])
     lines = [
@@ -346,18 +349,17 @@ def results_table(results: dict, baselines: list[str], models: list[str], best: 
     lines += ["", verdict(results, baselines, models, "cosine", best), "",
               verdict(results, baselines, models, "mrr", best), ""]
     if curve:
-        lines += curve_table(curve, baselines + models, curve_seconds)
+        lines += curve_table(curve, baselines + models)
     return "\n".join(lines)
 
 
-def curve_table(curve: dict, names: list[str], seconds: float | None) -> list[str]:
+def curve_table(curve: dict, names: list[str]) -> list[str]:
     ks = sorted({int(k) for name in names for k in curve.get(name, {})})
     lines = [
         f"Per-position curve: test cosine when each predictor sees only the **last k** context vectors "
         f"(same {curve['n_windows']} targets at every k; 95% intervals in `metrics/context_curve.json`, "
         "figure `plots/context_curve.png`)"
-        + (f"; skipped: {curve['skipped']}" if curve["skipped"] != "none" else "")
-        + (f". The curve adds {seconds:.1f} s to this stage." if seconds is not None else "."),
+        + (f"; skipped: {curve['skipped']}" if curve["skipped"] != "none" else "") + ".",
         "",
         "| predictor | " + " | ".join(f"k={k}" for k in ks) + " |",
         "|---|" + "---:|" * len(ks),

@@ -5,7 +5,7 @@ import time
 
 from lvm.cli import stage_main
 from lvm.data import export_windows, load_corpus
-from lvm.io import atomic_outputs, write_json
+from lvm.io import atomic_outputs, log_run, write_json
 
 OUT_DIR = "data/ctx100"
 METADATA = f"{OUT_DIR}/metadata_ctx100.json"
@@ -23,14 +23,15 @@ def run(p: dict, out_dir: str = OUT_DIR, metadata: str = METADATA) -> dict:
         meta = export_windows(corpus, out_dir, data["context_length"], export["overlap"],
                               export["split"], export["seed"], export["test_stride"],
                               export["min_target_position"], export["val_stride"])
-        meta["seconds"] = round(time.perf_counter() - t0, 2)
-        write_json(metadata, meta)
+        write_json(metadata, meta)  # no timing in it: a rerun on the same inputs writes the same bytes
     s = meta["splits"]
     print(f"export: L={meta['context_length']} stride={meta['stride']} first target "
           f"{meta['first_target_position']} D={meta['vector_dim']}; windows "
           f"train {s['train']['windows']} / val {s['val']['windows']} / test {s['test']['windows']} from "
           f"{s['train']['articles']}/{s['val']['articles']}/{s['test']['articles']} articles; "
-          f"{meta['articles_skipped_too_short']} articles too short; {meta['seconds']}s")
+          f"{meta['articles_skipped_too_short']} articles too short")
+    log_run("export_ctx100", {"seconds": round(time.perf_counter() - t0, 2), "windows": meta["total_windows"],
+                              "source_file": meta["source_file"]})
     return meta
 
 

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from lvm.cli import stage_main
 from lvm.hardware import resolve_precision
 from lvm.corpus import chunk_text, clean_wikitext, default_source, encode, iter_pages, load_encoder
-from lvm.io import atomic_outputs, save_npz, write_json
+from lvm.io import atomic_outputs, log_run, save_npz, write_json
 
 OUT = "data/corpus/vectors.npz"
 STATS = "data/corpus/stats.json"
@@ -46,6 +46,7 @@ def run(p: dict, out: str = OUT, stats_path: str = STATS) -> dict:
     model = load_encoder(cfg["encoder"], precision)
     vectors = encode(model, texts, cfg["batch_size"])
     t_total = time.perf_counter() - t0
+    # timings change on every run: logged (logs/ingest.jsonl), never in stats.json (a tracked output)
     words = np.array([len(t.split()) for t in texts])
     lengths = np.bincount(articles)
     stats = {
@@ -55,15 +56,16 @@ def run(p: dict, out: str = OUT, stats_path: str = STATS) -> dict:
         "words_per_chunk_mean": round(float(words.mean()), 3),
         "chunks_per_article_median": float(np.median(lengths)),
         "articles_with_at_least_101_chunks": int((lengths >= 101).sum()),
-        "seconds_parse": round(t_parse, 1), "seconds_total": round(t_total, 1),
     }
     with atomic_outputs():  # vectors and their stats change together or not at all
         # Fixed-width unicode arrays: readable with allow_pickle=False, unlike object arrays.
         save_npz(out, compress=True, vectors=vectors, article_indices=articles, chunk_indices=chunks,
                  concept_texts=np.array(texts, dtype=str), article_titles=np.array(titles, dtype=str))
         write_json(stats_path, stats)
-    print(f"ingest: {stats['articles']} articles, {stats['chunks']} chunks, D={stats['vector_dim']}, "
-          f"{t_total:.0f}s -> {out}")
+    print(f"ingest: {stats['articles']} articles, {stats['chunks']} chunks, D={stats['vector_dim']} -> {out}")
+    log_run("ingest", {"seconds_parse": round(t_parse, 1), "seconds_encode": round(t_total - t_parse, 1),
+                       "seconds_total": round(t_total, 1), "chunks": len(texts), "encoder": cfg["encoder"],
+                       "precision": cfg["precision"], "batch_size": cfg["batch_size"]})
     return stats
 
 
