@@ -3,6 +3,8 @@
 import torch
 import torch.nn as nn
 
+from lvm.hardware import native_bf16
+
 from .base import LatentVectorModel, check_dropout, check_int
 
 
@@ -25,6 +27,12 @@ class LSTMModel(LatentVectorModel):
         self.head = nn.Linear(hidden_dim, input_dim)
 
     def head_output(self, x: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
-        y, (h_n, _) = self.lstm(x)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not native_bf16(x.device):
+            # oneDNN has no bf16 LSTM primitive on CPUs without native bf16 (RuntimeError): run it in fp32
+            # on the bf16-rounded input autocast would have given it (so a bf16 context table changes nothing)
+            with torch.autocast("cpu", enabled=False):
+                y, (h_n, _) = self.lstm(x.to(torch.bfloat16).float())
+        else:
+            y, (h_n, _) = self.lstm(x)
         # top layer's output at every step (= its state), or its state after the last step
         return self.head(y if all_positions else h_n[-1])
