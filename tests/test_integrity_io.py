@@ -15,7 +15,7 @@ from lvm.data import SPLITS, WindowDataset, check_same_export, export_windows, l
 from lvm.io import NpzReader, atomic_outputs, save_npz, write_json
 from lvm.stages import export_ctx100
 
-from conftest import TINY_PARAMS, merge, write_params, write_vectors
+from conftest import TINY_PARAMS, merge, run_stage, write_params, write_vectors
 
 LENGTHS = [30, 25, 40, 20, 35, 28]  # L=10: every article has windows
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -288,3 +288,21 @@ def test_train_stage_refuses_broken_split_in_one_line(tmp_path, damage):
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("error: ") and "train.npz" in lines[0]
     assert ("file not found" if damage == "missing" else "window_starts") in lines[0]
+
+
+def test_baselines_on_a_one_article_train_split_fail_in_one_line(tmp_path):
+    """ridge picks its lambda on held-out train articles: one train article gives an LvmError naming
+    the split, not numpy's ValueError traceback."""
+    from lvm import LvmError
+    from lvm.config import load_params
+    from lvm.data import WindowDataset
+    from lvm.stages.evaluate import fit_baselines
+
+    write_vectors(tmp_path / "data/corpus/vectors.npz", [30, 30, 30])
+    params = write_params(tmp_path / "params.yaml")
+    r = run_stage("lvm.stages.export_ctx100", params, tmp_path)
+    assert r.returncode == 0, r.stderr
+    train = WindowDataset(tmp_path / "data/ctx100/train.npz")
+    assert np.unique(train.window_articles()).size == 1
+    with pytest.raises(LvmError, match=r"train\.npz: baseline ridge cannot be fitted .* 1 article"):
+        fit_baselines(load_params(params)["evaluate"], train)

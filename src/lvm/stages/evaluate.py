@@ -64,7 +64,11 @@ def fit_baselines(cfg: dict, train: WindowDataset) -> dict:
     for name, b in baselines.items():
         for idx, ctx, tgt in train1.batches(cfg["batch_size"]):
             b.partial_fit(ctx.numpy(), tgt.numpy(), articles[idx])
-        b.finalize()
+        try:
+            b.finalize()
+        except ValueError as e:  # e.g. ridge's lambda is chosen on held-out train articles: needs >= 2
+            raise LvmError(f"{train.path}: baseline {name} cannot be fitted on {len(train1)} train windows from "
+                           f"{np.unique(articles).size} article(s): {e}") from None
         print(f"baseline {name}: fitted on {len(train1)} train windows {b.params()}")
     return baselines
 
