@@ -65,7 +65,7 @@ def run(p: dict, out: str = OUT, stats_path: str = STATS) -> dict:
     print(f"ingest: {stats['articles']} articles, {stats['chunks']} chunks, D={stats['vector_dim']} -> {out}")
     log_run("ingest", {"seconds_parse": round(t_parse, 1), "seconds_encode": round(t_total - t_parse, 1),
                        "seconds_total": round(t_total, 1), "chunks": len(texts), "encoder": cfg["encoder"],
-                       "precision": cfg["precision"], "batch_size": cfg["batch_size"]})
+                       "precision": precision, "batch_size": cfg["batch_size"]})
     return stats
 
 
