@@ -40,20 +40,6 @@ def test_native_bf16_matches_this_cpu():
         pytest.skip("AVX-512 without BF16: oneDNN's choice is version dependent")
 
 
-def test_openmp_threads_do_not_spin_unless_asked():
-    """lvm sets OMP_WAIT_POLICY=PASSIVE before torch loads libgomp; a user's own setting wins."""
-    import subprocess
-    import sys
-    code = "import lvm, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env["PYTHONPATH"] = os.pathsep.join(["src", env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "PASSIVE"
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ACTIVE"
-
-
 def test_usable_cpus_follows_the_affinity_mask():
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("needs Linux affinity calls")
