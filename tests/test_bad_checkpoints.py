@@ -358,7 +358,10 @@ def test_interrupted_run_keeps_outputs_and_resumes_from_last_finished_epoch(proj
     env = {**stage_env(), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "lvm.train", "--model", "gru", "--experiment", "baseline",
                              "--params", "long.yaml", "--no-progress"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job (CI scripts run with `&`) starts with SIGINT ignored,
+                            # and Python then installs no KeyboardInterrupt handler: give the run a real Ctrl-C
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # epoch 3's line: epoch 2 is finished and in last.pt (saved after its line)
             if "epoch   3/1000" in line:
