@@ -79,7 +79,8 @@ def score_run(p: dict, model: str, data_dir: str, reference: dict) -> dict:
     cfg = p["evaluate"]
     for split, ds in reference["datasets"].items():
         with torch.no_grad():
-            pred = predict(net, ds, cfg["batch_size"], torch.device("cpu"), resolve_precision(p["train"]["precision"], torch.device("cpu")))
+            cpu = torch.device("cpu")
+            pred = predict(net, ds, cfg["batch_size"], cpu, resolve_precision(p["train"]["precision"], cpu))
             summary, pw = score(pred, ds, cfg, reference["true_ctx_max"][split])
         per_window = {**reference["per_window"], (model, split): pw}
         v = vs_best_baseline(per_window, model, split, reference["best"], ds.window_articles(), cfg)
