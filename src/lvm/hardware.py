@@ -8,7 +8,6 @@ default `precision: auto` asks the hardware; an explicit `bf16` is obeyed, with 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import sys
@@ -18,7 +17,7 @@ import torch
 from lvm import LvmError
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -26,15 +25,14 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LvmError(f"params: train.device: {name!r} requested but CUDA is not available")
+        raise LvmError(f"params: {key}: {name!r} requested but CUDA is not available")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise LvmError("params: train.device: 'mps' requested but MPS is not available")
+        raise LvmError(f"params: {key}: 'mps' requested but MPS is not available")
     return torch.device(name)
 
 
-@functools.cache
 def native_bf16(device: torch.device) -> bool:
-    """True where bf16 matmuls run in hardware on `device` (not emulated). Cached: models ask per forward."""
+    """True where bf16 matmuls run in hardware on `device` (not emulated)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":

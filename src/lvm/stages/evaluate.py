@@ -170,7 +170,6 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     cfg = p["evaluate"]
     set_threads(p["train"]["threads"])
     device = resolve_device(p["train"]["device"])
-    precision = resolve_precision(p["train"]["precision"], device)
     datasets = {s: WindowDataset(Path(data_dir) / f"{s}.npz") for s in ("train", *EVAL_SPLITS)}
     # splits of one export (and, where the export's metadata is there, the same id as it)
     metadata = Path(data_dir) / "metadata_ctx100.json"
@@ -192,7 +191,7 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     min_context = {"ridge": cfg["ridge_k"]} if "ridge" in baselines else {}
     for model_name, model in models.items():
         predictors[model_name] = (lambda ds, m=model: predict(m, ds, cfg["batch_size"], device,
-                                                              precision))
+                                                              resolve_precision(p["train"]["precision"], device)))
     # PAR's denominator (max cosine of each true next vector to its context) is the same for every
     # predictor: once per split
     true_ctx_max = {s: context_max_cosine(datasets[s].vectors_np[datasets[s].targets_rows()], datasets[s].vectors_np,
