@@ -15,7 +15,7 @@ batch / median step time. FLOPs per step are counted once with torch.utils.flop_
 divided by the median step time and compared with a 2048x2048 GEMM measured in the same run (fp32
 runs against the fp32 GEMM, bf16 runs against the bf16 GEMM).
 
-Writes bench/results/throughput.json and bench/results/throughput.md (the README table).
+Writes bench/results/throughput.json and bench/results/throughput.md (the table in docs/performance.md).
 """
 from __future__ import annotations
 
@@ -499,9 +499,6 @@ def main(argv=None):
     ap.add_argument("--wait-idle", action="store_true", help="also wait for an idle machine before every first try")
     ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     ap.add_argument("--md", default=None, help="markdown table (default: --out with .md)")
-    ap.add_argument("--readme-section", default=None, metavar="NAME",
-                    help="also splice the markdown into README.md between <!-- NAME:start/end --> "
-                         "(make bench: perf; a GPU run: gpu)")
     ap.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -691,12 +688,8 @@ def main(argv=None):
     out.write_text(json.dumps(result, indent=2) + "\n")
     md = Path(args.md) if args.md else out.with_suffix(".md")
     md.write_text(markdown(result))
-    print(f"wrote {out} and {md} in {result['wall_seconds']:.0f} s")
-    if args.readme_section:
-        from lvm.stages.evaluate import splice_readme
-
-        name = args.readme_section
-        splice_readme(REPO / "README.md", md.read_text(), f"<!-- {name}:start -->", f"<!-- {name}:end -->")
+    # docs/performance.md shows bench/results/throughput.md and throughput_cuda.md: `make docs`
+    print(f"wrote {out} and {md} in {result['wall_seconds']:.0f} s; `make docs` shows them in the docs")
 
 
 def _cpu_model() -> str:

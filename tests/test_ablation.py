@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
 def test_levers_and_data_scale(workdir):
     from lvm.ablation import main
     args = ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "ctx"),
-            "--out-dir", str(workdir / "out"), "--plots-dir", str(workdir / "plots"), "--readme", ""]
+            "--out-dir", str(workdir / "out"), "--plots-dir", str(workdir / "plots")]
     main(args + ["--only", "default", "targets=last", "normalize=robust"])
     out = json.loads((workdir / "out/ablation.json").read_text())
     # normalize=robust restates params.yaml: no duplicate row

@@ -27,24 +27,23 @@ def trained(tmp_path_factory, data_dir):
 from test_train import data_dir  # noqa: E402,F401  (shared module fixture)
 
 
-def evaluate_into(root, data_dir, readme=None, out=None):
+def evaluate_into(root, data_dir, out=None):
     p = tiny_params()
     p["data"]["vectors"] = str(data_dir.parent / "vectors.npz")  # no concept_texts: the sample says so
     out = out or root
     return evaluate.run(p, data_dir=str(data_dir), models_dir=str(root / "models"),
                         out_json=str(out / "metrics/evaluate.json"), out_md=str(out / "metrics/results.md"),
-                        plots_dir=str(out / "plots"), readme=readme, live_dir=str(root / "live"),
+                        plots_dir=str(out / "plots"), live_dir=str(root / "live"),
                         out_sample=str(out / "metrics/inspect_sample.md"),
-                        out_curve=str(out / "metrics/context_curve.json"))
+                        out_curve=str(out / "metrics/context_curve.json"),
+                        out_headline=str(out / "metrics/headline.json"))
 
 
 PREDICTORS = {"copy_last", "context_mean", "exp_decay_mean", "ridge", *EXPERIMENTS.values()}
 
 
 def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
-    readme = trained / "README.md"
-    readme.write_text(f"# x\n\n{evaluate.MARK_START}\nold\n{evaluate.MARK_END}\ntail\n")
-    results = evaluate_into(trained, data_dir, readme=str(readme))
+    results = evaluate_into(trained, data_dir)
     stdout = capsys.readouterr().out
     on_disk = json.loads((trained / "metrics/evaluate.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
@@ -81,8 +80,17 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
     assert table.count("\n| ") == 3 * (1 + len(on_disk))
     assert "vs best baseline [95% CI]" in table and "paired difference to" in table and "reference" in table
     assert "ridge at k=1, 2" in table and " s to this stage" not in table  # its time: logs/evaluate.jsonl
-    text = readme.read_text()
-    assert "old" not in text and table.strip() in text and text.endswith("tail\n")
+    # the headline: the figures of evaluate.json that say which experiment is better, nothing else
+    headline = json.loads((trained / "metrics/headline.json").read_text())
+    assert list(headline) == ["best_baseline", *EXPERIMENTS.values()]
+    assert headline["best_baseline"] == {
+        "cosine": best["cosine"], "test_cosine": results[best["cosine"]]["test"]["cosine_mean"],
+        "mrr": best["mrr"], "test_cand_mrr": results[best["mrr"]]["test"]["cand_mrr"]}
+    for model in EXPERIMENTS.values():
+        t = results[model]["test"]
+        assert headline[model]["test_cosine"] == t["cosine_mean"]
+        assert headline[model]["cosine_diff_ci_low"] == t["vs_best_baseline"]["cosine_diff_ci_low"]
+        assert headline[model]["cand_mrr_diff"] == t["vs_best_baseline"]["cand_mrr_diff"]
     assert "No text sample" in (trained / "metrics/inspect_sample.md").read_text()
     for png in ("test_comparison", "cosine_hist", "directional", "training_curves", "context_curve"):
         img = matplotlib.image.imread(trained / "plots" / f"{png}.png")

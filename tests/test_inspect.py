@@ -173,31 +173,26 @@ def test_sweep_script_draws_the_figure_from_exp_show_json(tmp_path):
     show = _show([_exp("a", 5, 20), _exp("b", 20, 20), _exp("c", 10, 20), _exp("old", 50, 0),
                   _exp("q", 15, 20, state="queued")])
     (tmp_path / "show.json").write_text(json.dumps(show))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"x\n{sweep.MARK_START}\nold\n{sweep.MARK_END}\n")
-    result = sweep.run(str(tmp_path / "show.json"), str(tmp_path / "sweep.png"), str(tmp_path / "sweep.md"),
-                       str(readme))
+    result = sweep.run(str(tmp_path / "show.json"), str(tmp_path / "sweep.png"), str(tmp_path / "sweep.md"))
     assert [r["L"] for r in result["runs"]] == [5, 10, 20]
     img = matplotlib.image.imread(tmp_path / "sweep.png")
     assert img.shape[0] > 200 and img.shape[1] > 400 and img.std() > 0.01
     md = (tmp_path / "sweep.md").read_text()
     assert "| test cosine | L=5 | L=10 | L=20 |" in md and "| gru | 0.4050 | 0.4100 | **0.4200** |" in md
     assert "old: export.min_target_position 0 != 20" in md and "q: queued" in md
-    assert md.strip() in readme.read_text()
     # different copy-last scores = different targets: refuse to draw a misleading comparison
     bad = copy.deepcopy(show)
     bad[1]["experiments"][1]["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["copy_last"]["test"][
         "cosine_mean"] = 0.31
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(LvmError, match="copy_last test cosine_mean differs"):
-        sweep.run(str(tmp_path / "bad.json"), str(tmp_path / "x.png"), str(tmp_path / "x.md"), None)
+        sweep.run(str(tmp_path / "bad.json"), str(tmp_path / "x.png"), str(tmp_path / "x.md"))
 
 
 def test_recorded_sweep_gives_the_committed_table(tmp_path):
     from lvm import sweep
 
     recorded = REPO / sweep.IN_JSON
-    if not recorded.is_file():
-        pytest.skip("no recorded sweep")
-    sweep.run(str(recorded), str(tmp_path / "s.png"), str(tmp_path / "s.md"), None)
+    assert recorded.is_file(), f"{sweep.IN_JSON}: the recorded sweep is committed; a missing one must fail"
+    sweep.run(str(recorded), str(tmp_path / "s.png"), str(tmp_path / "s.md"))
     assert (tmp_path / "s.md").read_text() == (REPO / sweep.OUT_MD).read_text()

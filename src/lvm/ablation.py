@@ -30,7 +30,6 @@ from lvm.data import WindowDataset
 from lvm.io import write_json, write_text
 
 DATA_DIR = "data/ctx100"
-MARK_START, MARK_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 # (name, what it tests, overrides on top of params.yaml). The first row is the params.yaml setting.
 LEVERS = [
@@ -199,7 +198,6 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", help="lever names to run (default: all)")
     ap.add_argument("--out-dir", default="metrics")
     ap.add_argument("--plots-dir", default="plots")
-    ap.add_argument("--readme", default="README.md", help="splice the tables into this file ('' = none)")
     args = ap.parse_args(argv)
     p = load_params(args.params)
     torch.set_num_threads(p["train"]["threads"] or torch.get_num_threads())
@@ -227,13 +225,9 @@ def main(argv=None):
     else:
         write_json(out_dir / "ablation.json", out)
         write_text(out_dir / "ablation.md", ablation_table(args.model, rows, ref, p))
-    # the README shows both tables (whichever exist) between its ablation markers
+    # docs/experiments.md shows both tables (whichever exist) between its ablation markers: `make docs`
     parts = [f.read_text().strip() for f in (out_dir / "ablation.md", out_dir / "data_scale.md") if f.is_file()]
     write_text(out_dir / "ablation_section.md", "\n\n".join(parts) + "\n")
-    if args.readme and Path(args.readme).is_file():
-        from lvm.stages.evaluate import splice_readme
-
-        splice_readme(args.readme, (out_dir / "ablation_section.md").read_text(), MARK_START, MARK_END)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import bz2
 import importlib.util
 import os
 import re
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +13,7 @@ import mwparserfromhell
 import numpy as np
 
 from lvm import LvmError
+from lvm.io import progress as progress_bar
 
 GENSIM_SHARD = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -186,13 +186,10 @@ def encode(model, texts: list[str], batch_size: int = 64, progress: bool = True)
     (and its padding) depends only on the set of texts, never on their order in the input or on how
     numpy's unstable argsort (SIMD variants differ between CPUs) breaks ties between equal lengths."""
     import torch
-    from tqdm import tqdm
-
     order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), texts[i]))
     out = None
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc="encode", unit=" batches",
-                          disable=not (progress and sys.stderr.isatty())):
+        for start in progress_bar(range(0, len(order), batch_size), progress, desc="encode", unit=" batches"):
             idx = order[start:start + batch_size]
             emb = model.encode([texts[i] for i in idx], batch_size=len(idx), convert_to_tensor=True,
                                normalize_embeddings=True, show_progress_bar=False)

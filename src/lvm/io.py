@@ -355,3 +355,15 @@ class NpzReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def progress(iterable, enabled: bool = True, **tqdm_kwargs):
+    """A tqdm bar over `iterable` on a terminal; the bare iterable when stderr is not one.
+
+    In dvc's stage log, CI or a file, a bar is thousands of `\\r` frames; there the stages print
+    their own summary lines instead (one per training epoch, the parse/encode totals)."""
+    if not (enabled and sys.stderr.isatty()):
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, **tqdm_kwargs)

@@ -4,7 +4,8 @@
         -S export.min_target_position=200 -S export.val_stride=5 -S export.overlap=0
     dvc queue start -j 1                      # wait: dvc queue status
     dvc exp show --json > metrics/context_sweep.json
-    python -m lvm.sweep                       # plots/context_sweep.png, metrics/context_sweep.md, README
+    python -m lvm.sweep                       # plots/context_sweep.png, metrics/context_sweep.md
+    make docs                                 # shows the table in docs/experiments.md
 
 Only finished experiments run with the same export.min_target_position P (default: the largest P
 among them) and L <= P are compared: with P >= every L, each L is scored on exactly the same test targets. The script checks
@@ -23,8 +24,6 @@ from lvm.cli import stage
 IN_JSON = "metrics/context_sweep.json"
 OUT_FIGURE = "plots/context_sweep.png"
 OUT_MD = "metrics/context_sweep.md"
-README = "README.md"
-MARK_START, MARK_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
 METRICS = (("cosine_mean", "test cosine"), ("r_at_5", "test R@5"))
 
 
@@ -187,9 +186,8 @@ def figure(sweep: dict, path) -> None:
 
 
 def run(in_json: str = IN_JSON, out_figure: str = OUT_FIGURE, out_md: str = OUT_MD,
-        readme: str | None = README, min_target_position: int | None = None) -> dict:
+        min_target_position: int | None = None) -> dict:
     from lvm.io import write_text
-    from lvm.stages.evaluate import splice_readme
 
     path = Path(in_json)
     if not path.is_file():
@@ -204,8 +202,6 @@ def run(in_json: str = IN_JSON, out_figure: str = OUT_FIGURE, out_md: str = OUT_
     figure(sweep, out_figure)
     text = table(sweep)
     write_text(out_md, text)
-    if readme and Path(readme).is_file():
-        splice_readme(readme, text, MARK_START, MARK_END)
     print(text)
     return sweep
 
@@ -216,11 +212,10 @@ def main(argv=None):
     parser.add_argument("--json", default=IN_JSON, help=f"recorded `dvc exp show --json` ({IN_JSON})")
     parser.add_argument("--figure", default=OUT_FIGURE)
     parser.add_argument("--md", default=OUT_MD)
-    parser.add_argument("--readme", default=README, help="README to splice the table into ('' = none)")
     parser.add_argument("--min-target-position", type=int, default=None,
                         help="compare runs with this export.min_target_position (default: the largest in the JSON)")
     args = parser.parse_args(argv)
-    run(args.json, args.figure, args.md, args.readme or None, args.min_target_position)
+    run(args.json, args.figure, args.md, args.min_target_position)
 
 
 if __name__ == "__main__":

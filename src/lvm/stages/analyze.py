@@ -1,8 +1,8 @@
 """Stage analyze: memory-slot reads of memory_gru and per-chunk saliency of hierarchical_gru on the
 test split (see lvm.inspect for the measures).
 
-Writes metrics/memory_slots.json, metrics/hierarchy_saliency.json, metrics/analysis.md (also spliced
-into README.md between the analysis markers), plots/memory_slots.png and plots/hierarchy_saliency.png.
+Writes metrics/memory_slots.json, metrics/hierarchy_saliency.json, metrics/analysis.md (`make docs`
+shows it in docs/experiments.md), plots/memory_slots.png and plots/hierarchy_saliency.png.
 """
 from __future__ import annotations
 
@@ -21,16 +21,12 @@ OUT_MEMORY = "metrics/memory_slots.json"
 OUT_HIERARCHY = "metrics/hierarchy_saliency.json"
 OUT_MD = "metrics/analysis.md"
 PLOTS = "plots"
-README = "README.md"
-MARK_START, MARK_END = "<!-- analysis:start -->", "<!-- analysis:end -->"
 TOP_SLOTS, SLOT_TEXTS = 5, 3
 
 
 def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_memory: str = OUT_MEMORY,
-        out_hierarchy: str = OUT_HIERARCHY, out_md: str = OUT_MD, plots_dir: str = PLOTS,
-        readme: str | None = README) -> dict:
+        out_hierarchy: str = OUT_HIERARCHY, out_md: str = OUT_MD, plots_dir: str = PLOTS) -> dict:
     from lvm.plots import hierarchy_figure, memory_slots_figure
-    from lvm.stages.evaluate import splice_readme
 
     set_threads(p["train"]["threads"])
     batch = min(p["evaluate"]["batch_size"], 64)  # per-step read weights are [batch, L, slots]
@@ -75,8 +71,6 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_memor
 
     text = summary_markdown(memory, hierarchy)
     write_text(out_md, text)
-    if readme and Path(readme).is_file():
-        splice_readme(readme, text, MARK_START, MARK_END)
     print(text)
     return {"memory": memory, "hierarchy": hierarchy}
 

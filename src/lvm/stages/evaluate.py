@@ -1,10 +1,11 @@
 """Stage evaluate: every trained model and every no-training baseline on the held-out splits.
 
 Writes metrics/evaluate.json ({"best_baseline": {"cosine": name, "mrr": name}, predictor: {split:
-{metric: value, "vs_best_baseline": {...}}}}), metrics/context_curve.json (test cosine from the last k
-context vectors only, per predictor and k), metrics/results.md (also spliced into README.md between
-the results markers), PNG figures under plots/ and metrics/inspect_sample.md: a few windows of one
-test article decoded to text (lvm.inspect).
+{metric: value, "vs_best_baseline": {...}}}}), metrics/headline.json (its few figures that say which
+experiment is better: `headline`), metrics/context_curve.json (test cosine from the last k context
+vectors only, per predictor and k), metrics/results.md (`make docs` shows it in the README), PNG
+figures under plots/ and metrics/inspect_sample.md: a few windows of one test article decoded to text
+(lvm.inspect).
 
 "Better" is decided by paired differences: every predictor is scored on the same windows, so the
 per-window difference to the best baseline (chosen on val, never on test) is bootstrapped over
@@ -13,7 +14,6 @@ articles, the same articles for both predictors in every resample.
 from __future__ import annotations
 
 import copy
-import re
 import time
 from pathlib import Path
 
@@ -32,13 +32,12 @@ from lvm.train import DATA_DIR, EXPERIMENTS, load_model, predict, resolve_device
 
 EVAL_SPLITS = ("val", "test")
 OUT_JSON = "metrics/evaluate.json"
+OUT_HEADLINE = "metrics/headline.json"
 OUT_CURVE = "metrics/context_curve.json"
 OUT_MD = "metrics/results.md"
 OUT_SAMPLE = "metrics/inspect_sample.md"
 SAMPLE_WINDOWS, SAMPLE_K = 3, 5
 PLOTS = "plots"
-README = "README.md"
-MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def check_disjoint(datasets: dict) -> None:
@@ -165,8 +164,9 @@ def warn_few_articles(split: str, n_articles: int) -> str | None:
 
 
 def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json: str = OUT_JSON,
-        out_md: str = OUT_MD, plots_dir: str = PLOTS, readme: str | None = README,
-        live_dir: str = "dvclive", out_sample: str | None = OUT_SAMPLE, out_curve: str = OUT_CURVE) -> dict:
+        out_md: str = OUT_MD, plots_dir: str = PLOTS, live_dir: str = "dvclive",
+        out_sample: str | None = OUT_SAMPLE, out_curve: str = OUT_CURVE,
+        out_headline: str = OUT_HEADLINE) -> dict:
     cfg = p["evaluate"]
     set_threads(p["train"]["threads"])
     device = resolve_device(p["train"]["device"])
@@ -220,6 +220,7 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
               f"dir {t['directional_mean']:+.4f}")
     out = {"best_baseline": best, **results}
     write_json(out_json, out)
+    write_json(out_headline, headline(out, list(EXPERIMENTS.values())))
 
     t0 = time.perf_counter()
     grid = curve_grid(cfg["curve_k"], datasets["test"].context_length)
@@ -235,8 +236,6 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     table = results_table(results, list(baselines), list(EXPERIMENTS.values()), best, curve=curve,
                           warnings=warnings)
     write_text(out_md, table)
-    if readme and Path(readme).is_file():
-        splice_readme(readme, table)
     from lvm.plots import make_figures
 
     make_figures(results, per_window, list(baselines), EXPERIMENTS, plots_dir, live_dir, best=best, curve=curve)
@@ -375,11 +374,24 @@ def curve_table(curve: dict, names: list[str]) -> list[str]:
     return lines + [""]
 
 
-def splice_readme(readme: str, table: str, start: str = MARK_START, end: str = MARK_END) -> None:
-    text = Path(readme).read_text()
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        write_text(readme, pattern.sub(lambda _: f"{start}\n{table.strip()}\n{end}", text))
+def headline(evaluation: dict, models: list[str]) -> dict:
+    """The few test figures that say which experiment is better, from evaluate.json's dict (values
+    copied, not recomputed, so the file follows from the committed evaluate.json alone).
+
+    evaluate.json keeps all ~270 figures; this file is declared first in dvc.yaml so that `dvc exp show`
+    and `dvc metrics diff --targets metrics/headline.json` fit a terminal. A model beats the best
+    baseline when its `cosine_diff_ci_low` > 0 (see metrics.interval_verdict)."""
+    best = evaluation["best_baseline"]
+    out = {"best_baseline": {
+        "cosine": best["cosine"], "test_cosine": evaluation[best["cosine"]]["test"]["cosine_mean"],
+        "mrr": best["mrr"], "test_cand_mrr": evaluation[best["mrr"]]["test"]["cand_mrr"]}}
+    for name in models:
+        t = evaluation[name]["test"]
+        v = t["vs_best_baseline"]
+        out[name] = {"test_cosine": t["cosine_mean"], "cosine_diff": v["cosine_diff"],
+                     "cosine_diff_ci_low": v["cosine_diff_ci_low"], "cosine_diff_ci_high": v["cosine_diff_ci_high"],
+                     "cand_mrr": t["cand_mrr"], "cand_mrr_diff": v["cand_mrr_diff"]}
+    return out
 
 
 main = stage_main(run, __doc__)

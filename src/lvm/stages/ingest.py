@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lvm.cli import stage_main
 from lvm.hardware import resolve_precision
 from lvm.corpus import chunk_text, clean_wikitext, default_source, encode, iter_pages, load_encoder
-from lvm.io import atomic_outputs, log_run, save_npz, write_json
+from lvm.io import atomic_outputs, log_run, progress, save_npz, write_json
 
 OUT = "data/corpus/vectors.npz"
 STATS = "data/corpus/stats.json"
@@ -20,7 +19,7 @@ STATS = "data/corpus/stats.json"
 def build_chunks(source, max_words: int, min_words: int, max_articles: int = 0):
     """(titles, texts, article_indices, chunk_indices) for every article with at least one chunk."""
     titles, texts, articles, chunks = [], [], [], []
-    for title, wikitext in tqdm(iter_pages(source), desc="parse", unit=" pages"):
+    for title, wikitext in progress(iter_pages(source), desc="parse", unit=" pages"):
         pieces = chunk_text(clean_wikitext(wikitext), max_words, min_words)
         if not pieces:
             continue
