@@ -1,4 +1,5 @@
 # Two entry points on a fresh machine: `make pipeline` (install + dvc repro) and `make test`.
+# `make docs` copies the generated markdown (metrics/*.md, bench/results/*.md) into README.md and docs/.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ export DVC_STUDIO_OFFLINE := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install pipeline test bench clean-venv
+.PHONY: install pipeline test docs bench clean-venv
 
 install: $(VENV)/.installed
 
@@ -27,8 +28,12 @@ pipeline: install
 test: install
 	$(BIN)/python -m pytest -q
 
+docs: install
+	$(BIN)/python -m lvm.docs
+
 clean-venv:
 	rm -rf $(VENV)
 
 bench: install
-	$(BIN)/python bench/throughput.py --repeats 3 --readme-section perf
+	$(BIN)/python bench/throughput.py --repeats 3
+	$(BIN)/python -m lvm.docs
