@@ -25,7 +25,7 @@ def test_the_committed_page_is_the_pinned_bundle_and_dvc_uses_it():
 @pytest.fixture(scope="module")
 def plots_page(tmp_path_factory):
     out = tmp_path_factory.mktemp("dvc_plots")
-    # the plain command, as the README gives it: the template comes from .dvc/config
+    # the plain command, as the README gives it (docs/pipeline.md, "Plots offline"): the template comes from .dvc/config
     r = subprocess.run([str(BIN / "dvc"), "plots", "show", "-o", str(out)], cwd=REPO, env=stage_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

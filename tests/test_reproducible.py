@@ -1,6 +1,6 @@
 """Reproducible outputs: a rerun with unchanged inputs and params writes byte-identical outputs (timings
 go to the untracked logs/, never into a declared output), so `dvc repro -f` leaves `git status` and
-`dvc status` clean; after a refused input removed a stage's outputs, the README's restore command
+`dvc status` clean; after a refused input removed a stage's outputs, the restore command in docs/data.md
 brings every one back byte-identical; the bf16 encoder stays within the stated tolerance of fp32."""
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def _export_repo(root: Path) -> Path:
     return root
 
 
-# README, "What happens on bad input": the restore command after a refused `dvc exp run -S`
+# docs/data.md, "What happens on bad input": the restore command after a refused `dvc exp run -S`
 RESTORE = "git show HEAD:params.yaml > params.yaml && dvc repro"
 
 
@@ -142,8 +142,7 @@ def test_refused_input_outputs_come_back_with_the_documented_command(tmp_path, r
     root = _export_repo(tmp_path / "repo")
     good = digests(root, EXPORT_OUTS)
     assert None not in good.values()
-    readme = (REPO / "README.md").read_text()
-    assert RESTORE in readme
+    assert RESTORE in (REPO / "docs" / "data.md").read_text()
     bad = sh(root, "dvc", "exp", "run", "export_ctx100", "-S", "data.vectors=pickled.npz", check=False)
     assert "concept_texts" in bad and "pickle" in bad, bad
     gone = digests(root, EXPORT_OUTS)
@@ -155,7 +154,7 @@ def test_refused_input_outputs_come_back_with_the_documented_command(tmp_path, r
         for out in lock["outs"]:
             if out["path"] == "data/ctx100/metadata_ctx100.json":
                 (root / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]).unlink()
-    # the README's command (`dvc repro` restricted to the one stage this scratch project can run);
+    # the documented command (`dvc repro` restricted to the one stage this scratch project can run);
     # vectors.npz and pickled.npz have the same length: `git checkout -- params.yaml` would do nothing
     (root / "params.yaml").write_text(sh(root, "git", "show", "HEAD:params.yaml", stdout_only=True))
     out = sh(root, "dvc", "repro", "export_ctx100")
@@ -170,7 +169,7 @@ def test_refused_input_outputs_come_back_with_the_documented_command(tmp_path, r
 
 @pytest.mark.slow
 def test_bf16_encoder_within_the_readme_tolerance_of_fp32(small_wiki):
-    """README: bf16 ingest vectors are within cosine 0.99 of fp32 (measured min ~0.994), and fp32 is
+    """docs/data.md: bf16 ingest vectors are within cosine 0.99 of fp32 (measured min ~0.994), and fp32 is
     unchanged by input order and batch size to 1e-5 (lvm.corpus.encode fixes the batches)."""
     from lvm.corpus import encode, load_encoder
     from lvm.stages.ingest import build_chunks
