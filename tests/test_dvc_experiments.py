@@ -63,46 +63,11 @@ def commit(root, msg):
     sh(root, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", msg)
 
 
-def test_exp_run_reruns_only_the_stage_that_reads_the_param(repo):
-    assert "up to date" in sh(repo, "dvc", "status", "evaluate")
-    out = sh(repo, "dvc", "exp", "run", "evaluate", "-S", "model.memory_slots=64")
-    assert "Running stage 'train_memory'" in out
-    assert "Running stage 'evaluate'" in out
-    for other in ("train_baseline", "train_hierarchical", "export_ctx100"):
-        assert f"Running stage '{other}'" not in out
-    bad = sh(repo, "dvc", "exp", "run", "evaluate", "-S", "model.memory_slot=64", check=False)
-    assert "memory_slot" in bad
-
-
-def test_metrics_diff_between_commits_shows_the_changed_value(repo):
-    before = json.loads((repo / "metrics/evaluate.json").read_text())
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["seed"] = 5
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    sh(repo, "dvc", "repro", "evaluate")
-    commit(repo, "second")
-    after = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert after["gru"]["test"]["cosine_mean"] != before["gru"]["test"]["cosine_mean"]
-    assert after["copy_last"] == before["copy_last"]  # baselines do not depend on the training seed
-    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json", stdout_only=True))
-    changed = diff["metrics/evaluate.json"]
-    assert "gru.test.cosine_mean" in changed
-    assert changed["gru.test.cosine_mean"]["new"] == after["gru"]["test"]["cosine_mean"]
-    assert not any(k.startswith("copy_last.") for k in changed)
-
-
-def test_every_stage_imports_the_workspace_code():
-    # `dvc exp run --queue` runs stages in temporary copies of the repo; the editable install points at
-    # the main checkout's src/, so without PYTHONPATH=src a queued experiment would run the live code,
-    # not the code it was queued with
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert all(s["cmd"].startswith("PYTHONPATH=src python -m lvm.") for s in stages.values())
-
-
 def test_readme_everyday_commands_work_as_written_in_a_new_shell(repo):
     """The README's everyday block, line by line as a new user types it after `make install`: a shell
     whose PATH does not have the venv (the stages' `python` is then the venv's only through
-    `source .venv/bin/activate`). Runs last: the experiment leaves its results in the workspace."""
+    `source .venv/bin/activate`). `dvc exp run -S` reruns exactly the stages that read the param."""
+    assert "up to date" in sh(repo, "dvc", "status")
     readme = (REPO / "README.md").read_text()
     block = re.search(r"## Everyday commands\n\n```bash\n(.*?)```", readme, re.S).group(1)
     lines = [re.sub(r"\s+# .*$", "", line).strip() for line in block.splitlines()]
@@ -136,3 +101,30 @@ def test_readme_everyday_commands_work_as_written_in_a_new_shell(repo):
     assert "Experiment" in header and "model.memory_slots" in header and "memory_gru.test_cosine" in header
     assert "train.lr" not in header and "gru.test_cosine" not in header.replace("memory_gru.test_cosine", "")
     assert ".test." not in header and "…" not in header, header
+    bad = sh(repo, "dvc", "exp", "run", "evaluate", "-S", "model.memory_slot=64", check=False)
+    assert "memory_slot" in bad
+
+
+def test_metrics_diff_between_commits_shows_the_changed_value(repo):
+    before = json.loads((repo / "metrics/evaluate.json").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["seed"] = 5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    sh(repo, "dvc", "repro", "evaluate")
+    commit(repo, "second")
+    after = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert after["gru"]["test"]["cosine_mean"] != before["gru"]["test"]["cosine_mean"]
+    assert after["copy_last"] == before["copy_last"]  # baselines do not depend on the training seed
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json", stdout_only=True))
+    changed = diff["metrics/evaluate.json"]
+    assert "gru.test.cosine_mean" in changed
+    assert changed["gru.test.cosine_mean"]["new"] == after["gru"]["test"]["cosine_mean"]
+    assert not any(k.startswith("copy_last.") for k in changed)
+
+
+def test_every_stage_imports_the_workspace_code():
+    # `dvc exp run --queue` runs stages in temporary copies of the repo; the editable install points at
+    # the main checkout's src/, so without PYTHONPATH=src a queued experiment would run the live code,
+    # not the code it was queued with
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert all(s["cmd"].startswith("PYTHONPATH=src python -m lvm.") for s in stages.values())
