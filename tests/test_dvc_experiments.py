@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO, merge, stage_env, write_vectors
 from lvm.models import MODEL_PARAMS
-from lvm.train import EXPERIMENTS
+from lvm.config import EXPERIMENTS
 from test_train import TINY
 
 pytestmark = pytest.mark.slow

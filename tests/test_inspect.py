@@ -19,7 +19,7 @@ from lvm.data import WindowDataset, export_windows, load_corpus
 from lvm.inspect import (copy_last, hierarchy_saliency, inspect_command, load_corpus_text, memory_slot_stats,
                          model_predictor, inspect_windows)
 from lvm.models import create_model
-from lvm.train import run
+from lvm.training import run
 from test_train import TINY, tiny_params
 
 LENGTHS = [30] * 14
@@ -94,7 +94,7 @@ def test_inspect_cli_bad_article_is_one_error_line(corpus_dir):
 
 def test_evaluate_sample_has_every_predictor_and_the_true_next_text(corpus_dir):
     from lvm.stages.evaluate import inspect_sample
-    from lvm.train import load_model
+    from lvm.checkpoints import load_model
 
     root, p = corpus_dir
     test = WindowDataset(root / "ctx" / "test.npz")

@@ -8,7 +8,9 @@ import torch
 from conftest import write_vectors
 from lvm.config import DEFAULTS, _merge, validate
 from lvm.data import WindowDataset, export_windows, load_corpus
-from lvm.train import compute_loss, load_checkpoint, load_model, predict, run
+from lvm.checkpoints import load_checkpoint, load_model, predict
+from lvm.losses import compute_loss
+from lvm.training import run
 
 TINY = {
     "data": {"context_length": 10},
@@ -163,7 +165,7 @@ def test_amn_refuses_every_position_training(tmp_path, data_dir):
 def test_anchored_model_starts_at_its_baseline_with_train_statistics(tmp_path, data_dir):
     from lvm.baselines import ExpDecayMean
     from lvm.models.base import fit_normalizer
-    from lvm.train import fit_anchor_decay
+    from lvm.training import fit_anchor_decay
     # lr 0: the checkpoint is the fresh model, so it must predict exactly the baseline fitted on train
     metrics, out = train(tmp_path, data_dir, "anch", epochs=1, lr=1e-12, normalize="robust")
     p = tiny_params()
@@ -198,7 +200,7 @@ def test_patience_stops_early_and_keeps_the_best(tmp_path, data_dir):
 
 
 def test_infonce_ignores_near_duplicate_negatives():
-    from lvm.train import near_duplicates
+    from lvm.losses import near_duplicates
     rows = torch.tensor([10, 11, 20, 10])
     articles = torch.tensor([1, 1, 1, 2])
     near = near_duplicates(rows, articles)

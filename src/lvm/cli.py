@@ -1,5 +1,4 @@
-"""Shared stage entry point (one clear error line and exit 2 for bad input or params) and the `lvm`
-command:
+"""The `lvm` command:
 
     lvm inspect --model models/memory/best.pt --article 17      # decoded predictions, see lvm.inspect
     lvm inspect                                                 # lists the held-out articles
@@ -7,29 +6,8 @@ command:
 from __future__ import annotations
 
 import argparse
-import argparse
-import functools
-import os
-import sys
 
-from lvm import LvmError
-
-EXIT_BAD_INPUT = 2
-
-
-def stage(fn):
-    """Wrap a stage's main(): LvmError -> 'error: ...' on stderr, exit 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-        try:
-            return fn(*args, **kwargs)
-        except LvmError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
-
-    return wrapper
+from lvm.entry import stage
 
 
 @stage
@@ -58,17 +36,3 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
-
-
-def stage_main(run, description: str | None = None):
-    """`main(argv)` for `python -m lvm.stages.<name> [--params FILE]`: validated params -> run(params)."""
-
-    @stage
-    def main(argv=None):
-        from lvm.config import load_params
-
-        parser = argparse.ArgumentParser(description=description)
-        parser.add_argument("--params", default="params.yaml")
-        run(load_params(parser.parse_args(argv).params))
-
-    return main

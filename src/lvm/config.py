@@ -13,6 +13,10 @@ import yaml
 from lvm import LvmError
 
 PARAMS_FILE = "params.yaml"
+# the exported windows every train stage reads, and experiment -> the model its train_<experiment>
+# stage trains (dvc.yaml's stages; evaluate and analyze read their checkpoints)
+DATA_DIR = "data/ctx100"
+EXPERIMENTS = {"baseline": "gru", "hierarchical": "hierarchical_gru", "memory": "memory_gru"}
 
 DEFAULTS: dict = {
     "data": {
@@ -72,7 +76,7 @@ DEFAULTS: dict = {
         "window_stride": 0,  # stride of TRAINING windows inside train articles; 0 = as exported
         "max_train_windows": 0,  # 0 = all; caps windows per epoch (a new seeded subsample each epoch)
         "resume": False,
-        "nproc": 1,  # processes on this node; > 1 relaunches `python -m lvm.train` through torchrun (DDP)
+        "nproc": 1,  # processes on this node; > 1 relaunches `python -m lvm.stages.train` through torchrun (DDP)
         "mmap": "auto",  # read split vectors through a memory map: auto | true | false (see README)
         "targets": "last",  # last (one target per window) | all (the next vector after every position)
         "min_context": 1,  # with targets all: positions with fewer context vectors are not scored

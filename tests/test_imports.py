@@ -1,0 +1,106 @@
+"""The import graph of src/lvm has no circle, and no stage imports another stage.
+
+Read from the source with ast (nothing is imported), counting imports inside functions too: a lazy
+import hides a circle from Python at load time but not from the reader who follows it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+SRC = REPO / "src"
+
+# Stage-to-stage imports that another change of issue 14 removes (splice_readme leaves
+# stages/evaluate.py); delete an entry when its import is gone.
+KNOWN_STAGE_IMPORTS = {("lvm.stages.analyze", "lvm.stages.evaluate")}
+
+
+def module_name(path: Path, src: Path = SRC) -> str:
+    parts = path.relative_to(src).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """module -> the lvm modules it imports. `from a.b import c` names the module a.b.c when that is
+    a module, else a.b; parent packages are not counted (their __init__ is run, but is no dependency
+    the importing code reads)."""
+    paths = {module_name(p, src): p for p in sorted(src.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: `from .base import x` inside lvm.models
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    targets.add(sub if sub in paths else base)
+        graph[name] = {t for t in targets if t in paths and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def stage_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    def is_stage(m):
+        return m.startswith("lvm.stages.")
+    return {(a, b) for a, targets in graph.items() if is_stage(a) for b in targets if is_stage(b)}
+
+
+def test_no_import_circle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_no_stage_imports_another_stage():
+    assert stage_imports(import_graph()) <= KNOWN_STAGE_IMPORTS
+
+
+def test_the_checks_see_circles_and_stage_imports(tmp_path):
+    # the graph reader on a tiny package: a lazy (in-function) circle and a relative stage import
+    pkg = tmp_path / "lvm"
+    (pkg / "stages").mkdir(parents=True)
+    for name in ("__init__.py", "stages/__init__.py"):
+        (pkg / name).write_text("")
+    (pkg / "cli.py").write_text("def main():\n    from lvm.inspect import run\n")
+    (pkg / "inspect.py").write_text("from lvm import cli\n")
+    (pkg / "stages/a.py").write_text("from .b import thing\n")
+    (pkg / "stages/b.py").write_text("thing = 1\n")
+    graph = import_graph(tmp_path)
+    assert graph["lvm.cli"] == {"lvm.inspect"} and graph["lvm.inspect"] == {"lvm.cli"}
+    assert find_cycle(graph) == ["lvm.cli", "lvm.inspect", "lvm.cli"]
+    assert stage_imports(graph) == {("lvm.stages.a", "lvm.stages.b")}
+    del graph["lvm.inspect"]
+    assert find_cycle(graph) is None
