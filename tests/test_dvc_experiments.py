@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO, merge, stage_env, write_vectors
 from lvm.models import MODEL_PARAMS
 from lvm.config import EXPERIMENTS
-from test_train import TINY
+from test_train import TINY_SIZES
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def repo(tmp_path_factory):
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", root)
     write_vectors(root / "vectors.npz", [30] * 14, dim=12, seed=3)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_SIZES)
     params["data"]["vectors"] = "vectors.npz"
     params["train"]["epochs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -109,7 +109,7 @@ def test_memory_slot_counts_sum_to_the_number_of_reads(corpus_dir):
     test = WindowDataset(root / "ctx" / "test.npz")
     torch.manual_seed(0)
     model = create_model("memory_gru", input_dim=12, context_length=10, hidden_dim=16, memory_slots=32,
-                         memory_layers=2).eval()
+                         memory_layers=2, anchor="none").eval()
     stats = memory_slot_stats(model, test, batch_size=7)
     n = len(test)
     for kind, reads in (("first", n * 10), ("second", n)):
@@ -136,7 +136,8 @@ def test_hierarchy_saliency_shares_sum_to_one(tmp_path, L, chunk):
                    {"train": 0.5, "val": 0.0, "test": 0.5}, seed=1)
     test = WindowDataset(tmp_path / "ctx" / "test.npz")
     torch.manual_seed(0)
-    model = create_model("hierarchical_gru", input_dim=12, context_length=L, hidden_dim=16, chunk_size=chunk)
+    model = create_model("hierarchical_gru", input_dim=12, context_length=L, hidden_dim=16, chunk_size=chunk,
+                         anchor="none")
     sal = hierarchy_saliency(model, test, batch_size=5)
     assert sal["windows"] == len(test) and sal["padding"] == (-L) % chunk
     assert sal["n_chunks"] == -(-L // chunk) == len(sal["chunk_share"]) == len(sal["chunk_grad_x_input"])

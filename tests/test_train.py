@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_vectors
+from conftest import SIMPLE_TRAINING, merge, write_vectors
 from lvm.config import DEFAULTS, _merge, validate
 from lvm.data import WindowDataset, export_windows, load_corpus
 from lvm.checkpoints import load_checkpoint, load_model, predict
 from lvm.losses import compute_loss
 from lvm.training import run
 
-TINY = {
+# tiny sizes (merged into the repository's params.yaml by the DVC tests)
+TINY_SIZES = {
     "data": {"context_length": 10},
     "model": {"hidden_dim": 16, "chunk_size": 5, "memory_slots": 32, "transformer_ff": 32,
               "transformer_heads": 2, "amn_hidden": 16},
@@ -20,6 +21,7 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "threads": 1},
     "evaluate": {"n_boot": 50},
 }
+TINY = merge(SIMPLE_TRAINING, TINY_SIZES)
 
 
 def tiny_params(**train):
