@@ -104,3 +104,33 @@ def test_the_checks_see_circles_and_stage_imports(tmp_path):
     assert stage_imports(graph) == {("lvm.stages.a", "lvm.stages.b")}
     del graph["lvm.inspect"]
     assert find_cycle(graph) is None
+
+
+# lvm modules whose code does not decide what a stage writes: the error type, the error wrapper, and
+# the params loader (params.yaml holds every key, tests/test_config.py, and dvc.yaml declares the params)
+NOT_OUTPUT_CODE = {"lvm", "lvm.entry", "lvm.config"}
+
+
+def source_path(module: str) -> str:
+    """The dvc.yaml dep that covers `module`: its file, or src/lvm/models for a model."""
+    if module == "lvm.models" or module.startswith("lvm.models."):
+        return "src/lvm/models"
+    return "src/" + module.replace(".", "/") + ".py"
+
+
+def test_train_stages_depend_on_all_the_code_they_run():
+    # a module split off the training code must become a dep, or `dvc repro` misses its changes
+    import yaml
+
+    graph, todo, runs = import_graph(), ["lvm.stages.train"], set()
+    while todo:
+        module = todo.pop()
+        if module not in runs:
+            runs.add(module)
+            todo += graph[module]
+    needed = {source_path(m) for m in runs - NOT_OUTPUT_CODE}
+    assert "src/lvm/training.py" in needed and "src/lvm/models" in needed
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("train_baseline", "train_hierarchical", "train_memory"):
+        assert "-m lvm.stages.train " in stages[name]["cmd"]
+        assert needed - set(stages[name]["deps"]) == set(), name
