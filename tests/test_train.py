@@ -108,8 +108,8 @@ def test_losses_are_lower_for_the_right_answer(kind):
     g = torch.Generator().manual_seed(0)
     target = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
     wrong = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
-    right = compute_loss(target, target, target, kind)
-    bad = compute_loss(wrong, wrong, target, kind)
+    right = compute_loss(target, target, target, kind, tau=0.07, weight=0.05)
+    bad = compute_loss(wrong, wrong, target, kind, tau=0.07, weight=0.05)
     assert torch.isfinite(right) and right < bad
 
 
@@ -212,8 +212,8 @@ def test_infonce_ignores_near_duplicate_negatives():
     # prediction equal to the first target no longer counts the duplicate as a rival
     t = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     t[1] = t[0]
-    masked = compute_loss(t, t, t, "infonce", rows=rows, articles=articles)
-    unmasked = compute_loss(t, t, t, "infonce")
+    masked = compute_loss(t, t, t, "infonce", tau=0.07, weight=0.05, rows=rows, articles=articles)
+    unmasked = compute_loss(t, t, t, "infonce", tau=0.07, weight=0.05)
     assert masked < unmasked - 0.1
 
 

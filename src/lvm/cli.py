@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from lvm.config import DATA_DIR, load_params
 from lvm.entry import stage
 
 
@@ -23,12 +24,11 @@ def main(argv=None):
     ins.add_argument("--windows", type=int, default=3, help="windows of the article, evenly spaced (3)")
     ins.add_argument("--k", type=int, default=5, help="nearest corpus chunks per prediction (5)")
     ins.add_argument("--split", choices=("test", "val", "train"), default="test")
-    ins.add_argument("--data-dir", default="data/ctx100")
+    ins.add_argument("--data-dir", default=DATA_DIR)
     ins.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    from lvm.config import load_params
-    from lvm.inspect import inspect_command
+    from lvm.inspect import inspect_command  # (imports torch: not needed for --help)
 
     print(inspect_command(load_params(args.params), args.model, args.article, args.windows, args.k,
                           args.split, args.data_dir))

@@ -16,11 +16,12 @@ def near_duplicates(rows: torch.Tensor, articles: torch.Tensor, radius: int = 2)
     return near.fill_diagonal_(False)
 
 
-def compute_loss(pred: torch.Tensor, raw: torch.Tensor, target: torch.Tensor, kind: str,
-                 tau: float = 0.07, weight: float = 0.05, rows=None, articles=None) -> torch.Tensor:
-    """mse (raw output vs target, as the original) | cosine (1 - cos) | infonce (in-batch negatives,
-    minus the target's near-duplicates when `rows`/`articles` [N] are given) | mixtures
-    `a+infonce` = a + weight * infonce. Inputs are [N, D]."""
+def compute_loss(pred: torch.Tensor, raw: torch.Tensor, target: torch.Tensor, kind: str, tau: float,
+                 weight: float, rows=None, articles=None) -> torch.Tensor:
+    """mse (raw output vs target, as the original) | cosine (1 - cos) | infonce (in-batch negatives at
+    temperature `tau`, minus the target's near-duplicates when `rows`/`articles` [N] are given) |
+    mixtures `a+infonce` = a + weight * infonce (train.loss, train.infonce_tau, train.infonce_weight).
+    Inputs are [N, D]."""
     raw, target = raw.float(), target.float()
 
     def term(name):
