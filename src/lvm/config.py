@@ -141,9 +141,9 @@ def check_model(values: dict) -> dict:
             raise ValueError(f"model.dropout: must be in [0, 1), got {value}")
         if ("model", key) in CHOICES and value not in CHOICES["model", key]:
             raise ValueError(f"model.{key}: must be one of {', '.join(CHOICES['model', key])}; got {value!r}")
-    if "transformer_heads" in out and out.get("hidden_dim", DEFAULTS["model"]["hidden_dim"]) % out["transformer_heads"]:
-        raise ValueError(f"model.transformer_heads: must divide model.hidden_dim "
-                         f"({out.get('hidden_dim', DEFAULTS['model']['hidden_dim'])})")
+    hidden = out.get("hidden_dim", DEFAULTS["model"]["hidden_dim"])
+    if "transformer_heads" in out and hidden % out["transformer_heads"]:
+        raise ValueError(f"model.transformer_heads: must divide model.hidden_dim ({hidden})")
     return out
 
 
@@ -164,7 +164,7 @@ def _merge(defaults: dict, given: dict, prefix: str) -> dict:
             try:
                 out[key] = _coerce(default, value)
             except ValueError as e:
-                _fail(name, str(e))
+                raise LvmError(f"params: {name}: {e}") from None
     return out
 
 

@@ -257,7 +257,8 @@ def wrap_ddp(model, device, world: int, start_epoch: int, last_path: Path):
     if squares * world != total * total:                              # may overwrite last.pt
         raise LvmError(f"{last_path}: train.resume found different checkpoints on different ranks; "
                        "every node must see the same models/ directory")
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def make_ema(model, decay: float, ckpt: dict):
