@@ -27,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import throughput  # noqa: E402  (the same child step the throughput table uses)
+from common import cpu_model  # noqa: E402
 
 MODELS = throughput.MODELS
 BUSY = "while True: pass"
@@ -131,7 +132,7 @@ def main(argv=None):
             rows.append(r)
             print(f"round {rnd + 1} {model:17s} {policy:7s} load {load}: {r['seq_per_s']:8.2f} seq/s", flush=True)
     summary = summarize(rows, args.models, args.load)
-    res = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "machine": throughput._cpu_model(),
+    res = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "machine": cpu_model(),
            "cpus": os.cpu_count(), "seconds": round(time.perf_counter() - t0, 1), "rows": rows, "summary": summary}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

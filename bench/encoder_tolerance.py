@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from common import cpu_model  # noqa: E402
 from lvm.config import load_params  # noqa: E402
 from lvm.corpus import default_source, encode, load_encoder  # noqa: E402
 from lvm.stages.ingest import build_chunks  # noqa: E402
@@ -33,13 +33,6 @@ def st_encode(model, texts, batch_size):
         emb = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
                            show_progress_bar=False)
     return torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy()
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict:
@@ -67,7 +60,7 @@ def main():
     perm = np.random.default_rng(0).permutation(len(texts))
     inv = np.argsort(perm)
     res = {"chunks": len(texts), "encoder": cfg["encoder"], "threads": threads,
-           "machine": f"{cpu_name()}, {threads} threads, torch {torch.__version__}",
+           "machine": f"{cpu_model()}, {threads} threads, torch {torch.__version__}",
            "results": {}}
     refs = {}
     # (precision, path) -> variants; bf16 is emulated (slow) on CPUs without native bf16: fewer runs

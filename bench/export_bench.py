@@ -31,21 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common import proc_status
+
 GIB = 1024 ** 3
 HERE = Path(__file__).resolve().parent
+MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
 
 
 # --- child: one export run -------------------------------------------------------------------------
-
-def _proc_status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
-
 
 class _Sampler(threading.Thread):
     """Max of RssAnon / RssFile / VmRSS, sampled every 10 ms (the kernel keeps only the total's peak)."""
@@ -61,10 +54,7 @@ class _Sampler(threading.Thread):
             time.sleep(0.01)
 
     def sample(self):
-        try:
-            s = _proc_status()
-        except OSError:
-            return
+        s = proc_status(MEMORY_FIELDS)
         for k in self.peak:
             self.peak[k] = max(self.peak[k], s.get(k, 0))
 
@@ -79,7 +69,7 @@ def child(inp: str, out_dir: str, context: int, overlap: int) -> None:
     from lvm.io import write_json
 
     t_import = time.perf_counter()
-    rss_after_import = _proc_status().get("VmRSS")
+    rss_after_import = proc_status(MEMORY_FIELDS).get("VmRSS")
     corpus = load_corpus(inp)
     t_load = time.perf_counter()
     meta = export_windows(corpus, out_dir, context, overlap, {"train": 0.8, "val": 0.1, "test": 0.1}, 42)
@@ -87,7 +77,7 @@ def child(inp: str, out_dir: str, context: int, overlap: int) -> None:
     t_end = time.perf_counter()
     sampler.sample()
     sampler.stop.set()
-    status = _proc_status()
+    status = proc_status(MEMORY_FIELDS)
     print(json.dumps({
         "seconds_import": t_import - t0, "seconds_load_corpus": t_load - t_import,
         "seconds_export_windows": t_end - t_load, "seconds_in_child": t_end - t0,
@@ -149,7 +139,7 @@ def run_export(inp: Path, out_dir: Path, context: int, overlap: int) -> dict:
 
 def loader_bench(path: Path, batch_sizes, seconds: float, repeats: int, mmap: bool, context_dtype=None) -> dict:
     """Shuffled WindowDataset.batch calls; `context_dtype` (e.g. torch.bfloat16) gathers contexts from a
-    table of that dtype, as lvm.train does for bf16 training (train.bf16_contexts)."""
+    table of that dtype, as lvm.training does for bf16 training (train.bf16_contexts)."""
     import torch
 
     from lvm.data import WindowDataset

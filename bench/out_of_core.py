@@ -10,7 +10,7 @@ process could afford.
    writer never holds more than one chunk. The file's pages are then dropped from the page cache
    (posix_fadvise DONTNEED: this file only, no root needed), and again before each run, so every
    "cold" run starts with the vectors on disk; a "warm" run then repeats it (same windows, cached).
-2. Trains a small GRU with the unchanged `python -m lvm.train` (train.mmap: true, fp32, 1 epoch of
+2. Trains a small GRU with the unchanged `python -m lvm.stages.train` (train.mmap: true, fp32, 1 epoch of
    --steps global batches of --batch windows), once with train.nproc 1 and once with train.nproc 2
    (torchrun, DDP over gloo; the same windows in the same global batches). Every process of the run
    (launcher, torchrun agent, workers) is polled every 20 ms through /proc/PID/status:
@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from common import proc_status  # noqa: E402
 from lvm.data import window_starts  # noqa: E402
 from lvm.io import StreamedArray, save_npz  # noqa: E402
 
@@ -82,19 +83,6 @@ def drop_cache(path: Path) -> None:
         os.close(fd)
 
 
-def status(pid: int) -> dict | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            out = {}
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in FIELDS:
-                    out[key] = int(rest.split()[0]) * 1024
-            return out
-    except OSError:
-        return None
-
-
 def descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -119,7 +107,7 @@ def role(pid: int) -> str:
         return f"worker rank {rank}"
     if b"torch.distributed.run" in cmd:
         return "torchrun agent"
-    return "launcher (python -m lvm.train)"
+    return "launcher (python -m lvm.stages.train)"
 
 
 class Poller(threading.Thread):
@@ -132,8 +120,8 @@ class Poller(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             for pid in descendants(self.root):
-                s = status(pid)
-                if s is None:
+                s = proc_status(FIELDS, pid)
+                if not s:  # exited meanwhile
                     continue
                 r = role(pid)  # re-read: a forked worker shows its role only once it has exec'd
                 if r != "?":
@@ -159,7 +147,7 @@ def train(work: Path, nproc: int, cold: bool, args) -> dict:
     env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="true", LVM_LOG_DIR=str(work / "logs"))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lvm.train", "--model", "gru", "--experiment", "bench",
+    proc = subprocess.Popen([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "bench",
                              "--no-progress"], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     poller = Poller(proc.pid)

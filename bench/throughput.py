@@ -1,6 +1,6 @@
 """Training and inference throughput of the six models, achieved FLOP/s against this machine's own
 GEMM peak, and the window loader, at the original configuration (context 100, batch 32, AdamW with
-grad-clip exactly as lvm.train does it) and at the embedded data's dimension.
+grad-clip exactly as lvm.training does it) and at the embedded data's dimension.
 
     .venv/bin/python bench/throughput.py                        # everything: ~5 min on 2 CPU cores
     .venv/bin/python bench/throughput.py --models gru memory_gru --dims 768 --precisions bf16 --steps 4
@@ -9,7 +9,7 @@ grad-clip exactly as lvm.train does it) and at the embedded data's dimension.
 Every (model, D, precision) runs in a fresh subprocess (own allocator, thread pool and peak-memory
 counter). In it: build the model (lvm.config defaults = the original sizes) and AdamW; `--warmup`
 untimed steps, then `--steps` timed training steps (forward under the precision's autocast, MSE,
-zero_grad, backward, clip_grad_norm_(1.0), AdamW step, loss.item(): lvm.train's loop minus the
+zero_grad, backward, clip_grad_norm_(1.0), AdamW step, loss.item(): lvm.training's loop minus the
 loader); the same for forward-only evaluation (model.eval(), torch.no_grad()). Reported rates are
 batch / median step time. FLOPs per step are counted once with torch.utils.flop_counter, then
 divided by the median step time and compared with a 2048x2048 GEMM measured in the same run (fp32
@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_model, proc_status
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODELS = ("lstm", "gru", "transformer", "amn", "hierarchical_gru", "memory_gru")
@@ -47,23 +49,14 @@ ABLATIONS = (
     ("glibc malloc defaults (LVM_MALLOC_TUNE=0)", {"LVM_MALLOC_TUNE": "0"}, ("gru", "memory_gru"), ("bf16",)),
 )
 ORIGINAL_D = 768
+# The original implementation's training setup, which the table measures (params.yaml trains differently):
+# DEFAULTS' model sizes without an anchor, MSE, AdamW(lr 5e-4, wd 0.01), clip_grad_norm_ 1.0.
+ORIGINAL_MODEL = {"anchor": "none"}
+ORIGINAL_TRAIN = {"loss": "mse", "lr": 5e-4, "weight_decay": 0.01, "grad_clip": 1.0}
 MIB = 1024 ** 2
 
 
 # --- helpers shared by parent and children ----------------------------------------------------------
-
-def _proc_status() -> dict:
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
 
 def _reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
@@ -86,13 +79,14 @@ def _machine_busy_seconds() -> float | None:
 
 
 def _resolve_device(name: str):
-    import torch
+    """--device as training resolves train.device (auto: cuda > mps > cpu); a bad one ends the run."""
+    from lvm import LvmError
+    from lvm.hardware import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available on this machine")
-    return torch.device(name)
+    try:
+        return resolve_device(name, key="--device")
+    except LvmError as e:
+        raise SystemExit(f"bench: {e}") from None
 
 
 def _sync(device) -> None:
@@ -174,39 +168,33 @@ def child_model(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from lvm.config import DEFAULTS
+    from lvm.hardware import autocast
     from lvm.models import count_parameters, create_model
     from lvm.models import fastrnn
-    from lvm.train import autocast, compute_loss, set_threads, tune_malloc
+    from lvm.runtime import set_threads, tune_malloc
+    from lvm.training import train_step
 
-    set_threads(spec["threads"])  # as lvm.train does (includes its allocator setting)
+    set_threads(spec["threads"])  # as training does (includes its allocator setting)
     device = _resolve_device(spec["device"])
     B, L, D, precision = spec["batch"], spec["context"], spec["dim"], spec["precision"]
-    tcfg = DEFAULTS["train"]
+    tcfg = {**DEFAULTS["train"], **ORIGINAL_TRAIN, "min_context": 1}
     torch.manual_seed(0)
-    model = create_model(spec["model"], input_dim=D, context_length=L, **DEFAULTS["model"]).to(device)
+    model = create_model(spec["model"], input_dim=D, context_length=L,
+                         **{**DEFAULTS["model"], **ORIGINAL_MODEL}).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     g = torch.Generator().manual_seed(1)
-    # targets "all" (lvm.train's train.targets: all): the model predicts the next vector at every
-    # position, the loss averages over all B x L of them; "last": one target per window
+    # targets "all" (train.targets: all): the model predicts the next vector at every position, the
+    # loss averages over all B x L of them; "last": one target per window
     every = spec.get("targets", "last") == "all" and model.SEQUENCE  # amn sees the context as a bag: last only
     per_window = L if every else 1
     batches = [(F.normalize(torch.randn(B, L, D, generator=g), dim=-1).to(device),
                 F.normalize(torch.randn(B, L, D, generator=g) if every else torch.randn(B, D, generator=g),
                             dim=-1).to(device)) for _ in range(4)]
 
-    def train_step(i, precision=precision):
+    def training_step(i, precision=precision):  # the training loop's own step, on synthetic batches
         ctx, tgt = batches[i % len(batches)]
         model.train()
-        with autocast(device, precision):
-            pred, raw = model(ctx, return_raw=True, all_positions=every)
-        if every:
-            pred, raw, tgt = pred.reshape(-1, D), raw.reshape(-1, D), tgt.reshape(-1, D)
-        loss = compute_loss(pred, raw, tgt, tcfg["loss"], tcfg["infonce_tau"], tcfg["infonce_weight"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-        opt.step()
-        return loss.item()
+        return train_step(model, ctx, tgt, opt, {**tcfg, "precision": precision}, all_targets=every).item()
 
     @torch.no_grad()
     def eval_step(i, precision=precision):
@@ -234,12 +222,12 @@ def child_model(spec: dict) -> dict:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
             return torch.cuda.memory_allocated(device)
-        return _proc_status().get("VmRSS")
+        return proc_status(("VmRSS",)).get("VmRSS")
 
     def mem_peak(base):
         if cuda:
             return torch.cuda.max_memory_allocated(device) - base
-        hwm = _proc_status().get("VmHWM")
+        hwm = proc_status(("VmHWM",)).get("VmHWM")
         return hwm - base if hwm is not None and base is not None else None
 
     # CPU baseline: RSS before the first step (model, optimizer without state, batches), VmHWM reset
@@ -252,14 +240,14 @@ def child_model(spec: dict) -> dict:
         base = mem_baseline()
     else:
         _reset_peak_rss()
-    train_times = timed(train_step, spec["warmup"], spec["steps"])
+    train_times = timed(training_step, spec["warmup"], spec["steps"])
     train_mem = mem_peak(base) if can_reset else None
     # FLOPs last: the counting pass runs slower kernels and must not touch the timings or peaks. It runs
     # in fp32 (the same matmuls; bf16 GEMMs without oneDNN would take minutes). The parent asks for it
     # once per (model, D): precision and the ablations do not change the matmuls.
     train_flops = eval_flops = None
     if spec.get("count_flops", True):
-        train_flops = _flop_count(lambda: train_step(0, "fp32"), device)
+        train_flops = _flop_count(lambda: training_step(0, "fp32"), device)
         model.eval()
         eval_flops = _flop_count(lambda: eval_step(0, "fp32"), device)
 
@@ -412,13 +400,13 @@ def markdown(result: dict) -> str:
     lines = [
         f"Throughput on this machine ({m['cpu_model']}, {m['threads']} threads, torch {m['torch']}, device "
         f"{result['config']['device']}): batch {result['config']['batch']}, context {result['config']['context']}, "
-        f"AdamW + grad-clip as in `lvm.train`; train = sequences/s of full training steps, eval = forward only "
+        f"AdamW + grad-clip as in `lvm.training`; train = sequences/s of full training steps, eval = forward only "
         f"(no_grad); median of {result['config']['steps']} steps after {result['config']['warmup']} warm-up"
         + (f", fastest of {result['config']['repeats']} passes over all configurations" if result['config']['repeats'] > 1
            else "") + ". "
         f"% peak = counted matmul FLOP/s over a {result['config']['gemm_n']}² GEMM measured in the same run "
         f"({fmt(peak['fp32']['gflop_per_s_median'])} GFLOP/s fp32, {fmt(peak['bf16']['gflop_per_s_median'])} GFLOP/s "
-        f"bf16). x orig = train seq/s over the original implementation's fp32 figure (docs/performance.md, "The original implementation"; target 2x). "
+        f"bf16). x orig = train seq/s over the original implementation's fp32 figure (docs/performance.md, \"The original implementation\"; target 2x). "
         f"Generated by `bench/throughput.py`.",
         "",
         "| model | D | precision | train seq/s | train targets/s | x orig | eval seq/s | train GFLOP/s | % peak | "
@@ -470,7 +458,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--dims", nargs="+", type=int, default=[768, 384])
@@ -500,7 +488,11 @@ def main(argv=None):
     ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     ap.add_argument("--md", default=None, help="markdown table (default: --out with .md)")
     ap.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.child:
         kind, spec = args.child[0], json.loads(args.child[1])
         res = child_gemm(spec) if kind == "gemm" else child_model(spec)
@@ -516,35 +508,57 @@ def main(argv=None):
         # emulated bf16 is not a configuration anyone trains in (precision: auto picks fp32 here)
         print(f"bench: {device} has no native bf16; measuring fp32 only", flush=True)
         args.precisions = [x for x in args.precisions if x != "bf16"] or ["fp32"]
-    eval_steps = args.eval_steps or 2 * args.steps
+    args.eval_steps = args.eval_steps or 2 * args.steps
     t_start = time.perf_counter()
     load_before = os.getloadavg()
-    gemm_spec = {"threads": args.threads, "device": device, "n": args.gemm_n, "reps": 20}
-    gemms = []
+    records, flops, gemms = measure_all(args, device)
+    runs, ablations = best_passes(records, flops)
+    gemms.append(measure_gemm(args, device, "end of run"))
+    # the peak: the best of the GEMM measurements spread over the run (each the median of its reps)
+    peak = {k: max((g[k] for g in gemms), key=lambda x: x["gflop_per_s_median"] or 0) for k in ("fp32", "bf16")}
+    compare_with_peak_and_original(runs + ablations, peak, device, args)
+    result = {
+        "config": {"models": args.models, "dims": args.dims, "precisions": args.precisions, "batch": args.batch,
+                   "context": args.context, "threads": args.threads, "device": device, "steps": args.steps,
+                   "eval_steps": args.eval_steps, "warmup": args.warmup, "repeats": args.repeats,
+                   "gemm_n": args.gemm_n, "model_params": "lvm.config.DEFAULTS['model'] (the original sizes)",
+                   "optimizer": "AdamW(lr 5e-4, wd 0.01), clip_grad_norm_ 1.0, loss mse (lvm.training, params of "
+                                "the original)"},
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "threads": args.threads,
+                    "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "loadavg_before": [round(x, 2) for x in load_before]},
+        "gemm_peak": peak,
+        "gemm_measurements": gemms,
+        "original_fp32_seq_per_s": ORIGINAL_FP32_SEQ_PER_S,
+        "runs": runs,
+        "ablations": ablations,
+    }
+    if not args.no_loader:
+        print("loader ...", flush=True)
+        wait_for_idle(args.idle_wait)
+        result["loader"] = loader_bench(args)
+        result["loader_vs_fastest_train"], result["loader_over_train"] = loader_vs_training(result["loader"], runs)
+    result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    result["notes"] = NOTES
+    write_outputs(result, args)
 
-    def measure_gemm(when):
-        g = run_measured("gemm", gemm_spec, args)
-        g["when"] = when
-        gemms.append(g)
-        print(f"GEMM {args.gemm_n}^2 ({when}): fp32 {g['fp32']['gflop_per_s_median']:,.0f} GFLOP/s, "
-              f"bf16 {fmt(g['bf16']['gflop_per_s_median'])} GFLOP/s", flush=True)
 
-    def spec(model, dim, precision, count_flops):
-        return {"model": model, "dim": dim, "precision": precision, "threads": args.threads, "device": device,
-                "batch": args.batch, "context": args.context, "steps": args.steps, "eval_steps": eval_steps,
-                "warmup": args.warmup, "count_flops": count_flops, "targets": args.targets}
+def measure_gemm(args, device: str, when: str) -> dict:
+    g = run_measured("gemm", {"threads": args.threads, "device": device, "n": args.gemm_n, "reps": 20}, args)
+    g["when"] = when
+    print(f"GEMM {args.gemm_n}^2 ({when}): fp32 {g['fp32']['gflop_per_s_median']:,.0f} GFLOP/s, "
+          f"bf16 {fmt(g['bf16']['gflop_per_s_median'])} GFLOP/s", flush=True)
+    return g
 
-    def show(r, tag=""):
-        tr, ev = r["train"], r["eval"]
-        print(f"{r['model']:17s} D={r['dim']} {r['precision']}{tag}: train {tr['seq_per_s_median']:8.1f} seq/s, "
-              f"eval {ev['seq_per_s_median']:8.0f} seq/s, "
-              f"peak mem +{fmt(tr['peak_mem_delta_mib'])} MiB, foreign cpu {r.get('foreign_cpu_cores')}", flush=True)
 
-    # --repeats passes over every configuration (ablations right after the configuration they are
-    # compared with); each configuration reports its fastest pass, every pass is kept under "passes"
-    records, flops = {}, {}
+def measure_all(args, device: str):
+    """--repeats passes over every configuration (ablations right after the configuration they are
+    compared with): ({(model, dim, precision, ablation label): [result per pass]}, {(model, dim): (train
+    FLOPs, eval FLOPs)} counted once, the GEMM measurements)."""
+    records, flops, gemms = {}, {}, []
     for n_pass in range(args.repeats):
-        measure_gemm(f"start of pass {n_pass + 1}")
+        gemms.append(measure_gemm(args, device, f"start of pass {n_pass + 1}"))
         for dim in args.dims:
             for model in args.models:
                 for precision in args.precisions:
@@ -554,13 +568,30 @@ def main(argv=None):
                                  if model in models and precision in precisions]
                     for label, env in todo:
                         count = (model, dim) not in flops
-                        r = run_measured("model", spec(model, dim, precision, count), args, env)
+                        spec = {"model": model, "dim": dim, "precision": precision, "threads": args.threads,
+                                "device": device, "batch": args.batch, "context": args.context,
+                                "steps": args.steps, "eval_steps": args.eval_steps, "warmup": args.warmup,
+                                "count_flops": count, "targets": args.targets}
+                        r = run_measured("model", spec, args, env)
                         if count:
                             flops[(model, dim)] = (r["train"]["flops_per_step"], r["eval"]["flops_per_batch"])
                         if label:
                             r["ablation"], r["env"] = label, env
                         show(r, f" [{label}]" if label else "")
                         records.setdefault((model, dim, precision, label), []).append(r)
+    return records, flops, gemms
+
+
+def show(r: dict, tag: str = "") -> None:
+    tr, ev = r["train"], r["eval"]
+    print(f"{r['model']:17s} D={r['dim']} {r['precision']}{tag}: train {tr['seq_per_s_median']:8.1f} seq/s, "
+          f"eval {ev['seq_per_s_median']:8.0f} seq/s, "
+          f"peak mem +{fmt(tr['peak_mem_delta_mib'])} MiB, foreign cpu {r.get('foreign_cpu_cores')}", flush=True)
+
+
+def best_passes(records: dict, flops: dict) -> tuple[list, list]:
+    """(runs, ablations): each configuration's fastest pass (train and eval chosen separately; every
+    pass kept under "passes"): on a shared VM, interference only slows a run down."""
     runs, ablations = [], []
     for (model, dim, precision, label), passes in records.items():
         f_train, f_eval = flops[(model, dim)]
@@ -581,10 +612,12 @@ def main(argv=None):
             ablations.append(best)
         else:
             runs.append(best)
-    measure_gemm("end of run")
-    # the peak: the best of the GEMM measurements spread over the run (each the median of its reps)
-    peak = {k: max((g[k] for g in gemms), key=lambda x: x["gflop_per_s_median"] or 0) for k in ("fp32", "bf16")}
-    for r in runs + ablations:
+    return runs, ablations
+
+
+def compare_with_peak_and_original(results: list, peak: dict, device: str, args) -> None:
+    """Adds % of the GEMM peak, and the speedup over the original implementation where comparable."""
+    for r in results:
         ref = peak[r["precision"]]["gflop_per_s_median"]
         for part in ("train", "eval"):
             r[part]["pct_of_peak"] = round(100 * r[part]["gflop_per_s"] / ref, 1) if ref else None
@@ -594,95 +627,43 @@ def main(argv=None):
             r["speedup_vs_original"] = round(r["train"]["seq_per_s_median"] / orig, 2)
             r["meets_2x_target"] = r["speedup_vs_original"] >= TARGET_SPEEDUP
 
-    result = {
-        "config": {"models": args.models, "dims": args.dims, "precisions": args.precisions, "batch": args.batch,
-                   "context": args.context, "threads": args.threads, "device": device, "steps": args.steps,
-                   "eval_steps": eval_steps, "warmup": args.warmup, "repeats": args.repeats, "gemm_n": args.gemm_n,
-                   "model_params": "lvm.config.DEFAULTS['model'] (the original sizes)",
-                   "optimizer": "AdamW(lr 5e-4, wd 0.01), clip_grad_norm_ 1.0, loss mse (lvm.train defaults)"},
-        "machine": {"cpus": os.cpu_count(), "cpu_model": _cpu_model(), "threads": args.threads,
-                    "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "loadavg_before": [round(x, 2) for x in load_before]},
-        "gemm_peak": peak,
-        "gemm_measurements": gemms,
-        "original_fp32_seq_per_s": ORIGINAL_FP32_SEQ_PER_S,
-        "runs": runs,
-        "ablations": ablations,
-    }
-    if not args.no_loader:
-        print("loader ...", flush=True)
-        wait_for_idle(args.idle_wait)
-        result["loader"] = loader_bench(args)
-        result["loader_vs_fastest_train"] = {}
-        result["loader_over_train"] = {}
-        from lvm.models import _REGISTRY
 
-        def stage_loader_rate(ld, r):
-            # the table lvm.train gathers from for this run (train.bf16_contexts, default true)
-            bf16 = r["precision"] == "bf16" and _REGISTRY[r["model"]].BF16_CONTEXTS
-            return ld["windows_per_s_bf16"] if bf16 else ld["windows_per_s"]
+def loader_vs_training(loader: dict, runs: list) -> tuple[dict, dict]:
+    """(loader against the fastest training rate per D, loader over every run's training rate)."""
+    from lvm.models import _REGISTRY
 
-        for dim, ld in result["loader"]["by_dim"].items():
-            at_dim = sorted((r for r in runs if str(r["dim"]) == dim), key=lambda r: -r["train"]["seq_per_s_median"])
-            if not at_dim:
-                continue
-            best = at_dim[0]
-            others = [r for r in at_dim if r["model"] != best["model"]]
-            lrate, lrate16 = ld["windows_per_s"], ld["windows_per_s_bf16"]
-            seq = best["train"]["seq_per_s_median"]
-            result["loader_vs_fastest_train"][dim] = {
-                "model": best["model"], "precision": best["precision"], "seq_per_s": seq,
-                "loader_windows_per_s": lrate, "loader_over_train": round(lrate / seq, 2),
-                "loader_bf16_windows_per_s": lrate16, "loader_bf16_over_train": round(lrate16 / seq, 2),
-                "memcpy_windows_per_s": ld["memcpy_windows_per_s"],
-                "fp32_gather_over_memcpy": round(lrate / ld["memcpy_windows_per_s"], 2),
-                "meets_20x": lrate >= 20 * seq, "meets_20x_bf16_table": lrate16 >= 20 * seq,
-                "stage_loader_min_ratio": round(min(stage_loader_rate(ld, r) / r["train"]["seq_per_s_median"]
-                                                    for r in at_dim), 1),
-                "others_min_ratio": round(min((lrate / r["train"]["seq_per_s_median"] for r in others),
-                                              default=float("nan")), 1)}
-            for r in at_dim:
-                result["loader_over_train"][f"{r['model']}/{r['dim']}/{r['precision']}"] = round(
-                    stage_loader_rate(ld, r) / r["train"]["seq_per_s_median"], 1)
-    result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    result["notes"] = [
-        "With --repeats N every configuration is measured in N passes spread over the run and reports its fastest "
-        "pass (train and eval chosen separately; all passes under 'passes'): on a shared VM, interference only "
-        "slows a run down. Ablation ratios (vs_default_*) pair each pass with the default run just before it.",
-        "seq/s = batch / median wall time of one step; a training step is forward (autocast for bf16), MSE, "
-        "zero_grad, backward, clip_grad_norm_, AdamW step and loss.item(), as in lvm.train minus the loader.",
-        "FLOPs: torch.utils.flop_counter.FlopCounterMode over one step (matmul-class ops only: mm/addmm/bmm/"
-        "baddbmm/SDPA; pointwise, softmax, norms and the optimizer are not counted). nn.LSTM runs through oneDNN's "
-        "fused RNN op on CPU, which the counter does not see, so counting runs with oneDNN disabled (ATen's "
-        "per-step cell: the same matmuls). The CPU flash-attention op is not in the counter's registry; it is "
-        "counted with the registry's SDPA formulas (full L x L, causal masking not discounted). GRU layers "
-        "(nn.GRU and lvm.models.fastrnn) decompose into counted addmm/mm; fastrnn's pre-packed oneDNN linear "
-        "(torch.ops.mkldnn._linear_pointwise) is not counted either, so the counting pass uses torch.mm there. "
-        "Cross-check: gru at D=768 counts 42.8 GFLOP per forward of 32 sequences = 2*B*L*(D*H + 4*(2*3H*H)) + head, "
-        "the analytic value.",
-        "% peak: counted FLOP/s over the dense-matmul peak of the run's precision: a square GEMM (--gemm-n) "
-        "measured at the start of every pass and at the end of the run (gemm_measurements, each the median of 20 "
-        "products); gemm_peak is the best of them. Under bf16 autocast some matmuls still run in fp32 "
-        "(memory_gru's write/second read), so bf16 % peak is a slight underestimate.",
-        "peak_mem_delta_mib (CPU): peak resident memory during the timed steps minus the process's RSS before the "
-        "first step (VmHWM reset via /proc/self/clear_refs); it includes gradients, AdamW state (created at the "
-        "first step), activations, and allocator/oneDNN caches. Eval peaks are measured before any training step.",
-        "foreign_cpu_cores: CPU time used by OTHER processes while a configuration ran, in cores (from /proc/stat "
-        "minus the child's own rusage); ~0 means the figure comes from an idle machine.",
-        "original_fp32_seq_per_s / speedup_vs_original: docs/performance.md (the original implementation, D=768, "
-        "fp32, batch 32, 2 threads, this machine); bf16 rows are compared with the same fp32 figure.",
-        "ablations: one lever switched off through its environment variable (env), run right after the default "
-        "configuration it is compared with: LVM_FAST_GRU=0 runs nn.GRU (the implementation before "
-        "lvm.models.fastrnn; same parameters, same outputs to float32 rounding), LVM_PACKED_GEMM=0 makes fastrnn's "
-        "recurrent GEMM a torch.mm, LVM_MALLOC_TUNE=0 leaves glibc's malloc thresholds alone.",
-        "loader: bench/export_bench.py's loader_bench (shuffled WindowDataset.batch calls, in-memory vectors) on a "
-        "synthetic stride-1 export per benchmarked D (table larger than the L3 cache), and on the real data/ctx100 "
-        "train split when present; loader_vs_fastest_train compares it with the fastest training rate at the same D. "
-        "windows_per_s_bf16: contexts gathered from a bfloat16 copy of the table (lvm.train does this for bf16 "
-        "training of every model but hierarchical_gru: train.bf16_contexts); loader_over_train uses, per run, the "
-        "table its training uses. memcpy_windows_per_s: a plain copy of one fp32 batch's bytes, the bandwidth ceiling.",
-    ]
+    def stage_loader_rate(ld, r):
+        # the table training gathers from for this run (train.bf16_contexts, default true)
+        bf16 = r["precision"] == "bf16" and _REGISTRY[r["model"]].BF16_CONTEXTS
+        return ld["windows_per_s_bf16"] if bf16 else ld["windows_per_s"]
+
+    vs_fastest, over_train = {}, {}
+    for dim, ld in loader["by_dim"].items():
+        at_dim = sorted((r for r in runs if str(r["dim"]) == dim), key=lambda r: -r["train"]["seq_per_s_median"])
+        if not at_dim:
+            continue
+        best = at_dim[0]
+        others = [r for r in at_dim if r["model"] != best["model"]]
+        lrate, lrate16 = ld["windows_per_s"], ld["windows_per_s_bf16"]
+        seq = best["train"]["seq_per_s_median"]
+        vs_fastest[dim] = {
+            "model": best["model"], "precision": best["precision"], "seq_per_s": seq,
+            "loader_windows_per_s": lrate, "loader_over_train": round(lrate / seq, 2),
+            "loader_bf16_windows_per_s": lrate16, "loader_bf16_over_train": round(lrate16 / seq, 2),
+            "memcpy_windows_per_s": ld["memcpy_windows_per_s"],
+            "fp32_gather_over_memcpy": round(lrate / ld["memcpy_windows_per_s"], 2),
+            "meets_20x": lrate >= 20 * seq, "meets_20x_bf16_table": lrate16 >= 20 * seq,
+            "stage_loader_min_ratio": round(min(stage_loader_rate(ld, r) / r["train"]["seq_per_s_median"]
+                                                for r in at_dim), 1),
+            "others_min_ratio": round(min((lrate / r["train"]["seq_per_s_median"] for r in others),
+                                          default=float("nan")), 1)}
+        for r in at_dim:
+            over_train[f"{r['model']}/{r['dim']}/{r['precision']}"] = round(
+                stage_loader_rate(ld, r) / r["train"]["seq_per_s_median"], 1)
+    return vs_fastest, over_train
+
+
+def write_outputs(result: dict, args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -692,15 +673,44 @@ def main(argv=None):
     print(f"wrote {out} and {md} in {result['wall_seconds']:.0f} s; `make docs` shows them in the docs")
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# what the JSON's fields mean and how they were measured (written into it as "notes")
+NOTES = [
+    "With --repeats N every configuration is measured in N passes spread over the run and reports its fastest "
+    "pass (train and eval chosen separately; all passes under 'passes'): on a shared VM, interference only "
+    "slows a run down. Ablation ratios (vs_default_*) pair each pass with the default run just before it.",
+    "seq/s = batch / median wall time of one step; a training step is forward (autocast for bf16), MSE, "
+    "zero_grad, backward, clip_grad_norm_, AdamW step and loss.item(), as in lvm.training minus the loader.",
+    "FLOPs: torch.utils.flop_counter.FlopCounterMode over one step (matmul-class ops only: mm/addmm/bmm/"
+    "baddbmm/SDPA; pointwise, softmax, norms and the optimizer are not counted). nn.LSTM runs through oneDNN's "
+    "fused RNN op on CPU, which the counter does not see, so counting runs with oneDNN disabled (ATen's "
+    "per-step cell: the same matmuls). The CPU flash-attention op is not in the counter's registry; it is "
+    "counted with the registry's SDPA formulas (full L x L, causal masking not discounted). GRU layers "
+    "(nn.GRU and lvm.models.fastrnn) decompose into counted addmm/mm; fastrnn's pre-packed oneDNN linear "
+    "(torch.ops.mkldnn._linear_pointwise) is not counted either, so the counting pass uses torch.mm there. "
+    "Cross-check: gru at D=768 counts 42.8 GFLOP per forward of 32 sequences = 2*B*L*(D*H + 4*(2*3H*H)) + head, "
+    "the analytic value.",
+    "% peak: counted FLOP/s over the dense-matmul peak of the run's precision: a square GEMM (--gemm-n) "
+    "measured at the start of every pass and at the end of the run (gemm_measurements, each the median of 20 "
+    "products); gemm_peak is the best of them. Under bf16 autocast some matmuls still run in fp32 "
+    "(memory_gru's write/second read), so bf16 % peak is a slight underestimate.",
+    "peak_mem_delta_mib (CPU): peak resident memory during the timed steps minus the process's RSS before the "
+    "first step (VmHWM reset via /proc/self/clear_refs); it includes gradients, AdamW state (created at the "
+    "first step), activations, and allocator/oneDNN caches. Eval peaks are measured before any training step.",
+    "foreign_cpu_cores: CPU time used by OTHER processes while a configuration ran, in cores (from /proc/stat "
+    "minus the child's own rusage); ~0 means the figure comes from an idle machine.",
+    "original_fp32_seq_per_s / speedup_vs_original: docs/performance.md (the original implementation, D=768, "
+    "fp32, batch 32, 2 threads, this machine); bf16 rows are compared with the same fp32 figure.",
+    "ablations: one lever switched off through its environment variable (env), run right after the default "
+    "configuration it is compared with: LVM_FAST_GRU=0 runs nn.GRU (the implementation before "
+    "lvm.models.fastrnn; same parameters, same outputs to float32 rounding), LVM_PACKED_GEMM=0 makes fastrnn's "
+    "recurrent GEMM a torch.mm, LVM_MALLOC_TUNE=0 leaves glibc's malloc thresholds alone.",
+    "loader: bench/export_bench.py's loader_bench (shuffled WindowDataset.batch calls, in-memory vectors) on a "
+    "synthetic stride-1 export per benchmarked D (table larger than the L3 cache), and on the real data/ctx100 "
+    "train split when present; loader_vs_fastest_train compares it with the fastest training rate at the same D. "
+    "windows_per_s_bf16: contexts gathered from a bfloat16 copy of the table (lvm.training does this for bf16 "
+    "training of every model but hierarchical_gru: train.bf16_contexts); loader_over_train uses, per run, the "
+    "table its training uses. memcpy_windows_per_s: a plain copy of one fp32 batch's bytes, the bandwidth ceiling.",
+]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from conftest import write_vectors
+from conftest import SIMPLE_TRAINING, merge, write_vectors
 from lvm.data import export_windows, load_corpus
 
 
@@ -16,11 +16,12 @@ def workdir(tmp_path_factory):
     write_vectors(root / "vectors.npz", [40] * 16, dim=12, seed=5)
     export_windows(load_corpus(root / "vectors.npz"), root / "ctx", 10, 5,
                    {"train": 0.6, "val": 0.2, "test": 0.2}, seed=1)
-    params = {"data": {"context_length": 10}, "export": {"overlap": 5},
-              "model": {"hidden_dim": 16, "gru_layers": 1, "anchor": "decay_mean"},
-              "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "threads": 1, "max_train_windows": 40,
-                        "targets": "all", "normalize": "robust"},
-              "evaluate": {"n_boot": 50}}
+    params = merge(SIMPLE_TRAINING, {
+        "data": {"context_length": 10}, "export": {"overlap": 5},
+        "model": {"hidden_dim": 16, "gru_layers": 1, "anchor": "decay_mean"},
+        "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "threads": 1, "max_train_windows": 40,
+                  "targets": "all", "normalize": "robust"},
+        "evaluate": {"n_boot": 50}})
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 

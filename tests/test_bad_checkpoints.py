@@ -27,7 +27,9 @@ import yaml
 
 from conftest import stage_env, write_vectors
 from lvm.models import create_model
-from lvm.train import EXPERIMENTS, load_checkpoint, run
+from lvm.checkpoints import load_checkpoint
+from lvm.config import EXPERIMENTS
+from lvm.training import run
 from test_train import TINY, tiny_params
 
 LENGTHS = [30] * 14
@@ -185,7 +187,7 @@ def _run_inspect(root):
 
 
 def _run_resume(root):
-    from lvm import train
+    from lvm.stages import train
     train.main(["--model", "gru", "--experiment", "baseline", "--params", str(root / "resume.yaml"), "--no-progress"])
 
 
@@ -204,7 +206,7 @@ CONSUMERS = {
                 ["-m", "lvm.cli", "inspect", "--model", "models/baseline/best.pt", "--article", "ARTICLE",
                  "--params", "params.yaml"]),
     "resume": ("models/baseline/last.pt", "models/memory/last.pt", _run_resume,
-               ["-m", "lvm.train", "--model", "gru", "--experiment", "baseline", "--params", "resume.yaml",
+               ["-m", "lvm.stages.train", "--model", "gru", "--experiment", "baseline", "--params", "resume.yaml",
                 "--no-progress"]),
 }
 
@@ -271,7 +273,7 @@ def test_bad_checkpoint_in_a_stage_subprocess(workspace, bad_checkpoint, consume
 
 def test_good_checkpoints_load_for_every_consumer(workspace):
     from lvm.data import WindowDataset
-    from lvm.train import load_model
+    from lvm.checkpoints import load_model
     test = WindowDataset(workspace / "data/ctx100/test.npz")
     for experiment, name in EXPERIMENTS.items():
         model = load_model(workspace / f"models/{experiment}/best.pt", expect_name=name, data=test)
@@ -309,7 +311,7 @@ def train_baseline(root, **train_cfg):
 
 @pytest.mark.parametrize("when", ["nan_val_loss_epoch_2", "crash_epoch_1"])
 def test_failed_run_keeps_the_previous_runs_outputs(project, monkeypatch, when):
-    import lvm.train as T
+    import lvm.training as T
     from lvm import LvmError
 
     before = outputs_of(project)
@@ -356,7 +358,7 @@ def test_interrupted_run_keeps_outputs_and_resumes_from_last_finished_epoch(proj
     before = outputs_of(project)
     (project / "long.yaml").write_text(yaml.safe_dump(merge_train(project, epochs=1000)))
     env = {**stage_env(), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lvm.train", "--model", "gru", "--experiment", "baseline",
+    proc = subprocess.Popen([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "baseline",
                              "--params", "long.yaml", "--no-progress"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a shell's background job (CI scripts run with `&`) starts with SIGINT ignored,
@@ -391,7 +393,7 @@ def merge_train(root, **train):
 
 @pytest.mark.parametrize("damage", ["missing", "window_out_of_range"])
 def test_missing_or_broken_train_split_keeps_last_pt_and_curves(project, monkeypatch, capsys, damage):
-    from lvm import train
+    from lvm.stages import train
 
     (project / "fresh.yaml").write_text(yaml.safe_dump(merge_train(project, resume=False)))
     keep = {**outputs_of(project), "models/baseline/last.pt": (project / "models/baseline/last.pt").read_bytes()}

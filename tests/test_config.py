@@ -22,6 +22,24 @@ def test_repo_params_file_is_valid():
     assert p["data"]["context_length"] >= 1
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_repo_params_file_holds_every_default():
+    # DEFAULTS is what a key left out of a params file means: the repository's params.yaml, key for key
+    # (as written in the file, before any loading fills or converts a value)
+    given = _leaves(yaml.safe_load((REPO / "params.yaml").read_text()))
+    defaults = _leaves(DEFAULTS)
+    assert sorted(given) == sorted(defaults)
+    differ = {k: (given[k], defaults[k]) for k in defaults
+              if given[k] != defaults[k] or type(given[k]) is not type(defaults[k])}
+    assert differ == {}, "params.yaml vs lvm.config.DEFAULTS: " + str(differ)
+
+
 def test_empty_file_gives_defaults(tmp_path):
     assert _load(tmp_path, "") == DEFAULTS
     assert validate(copy.deepcopy(DEFAULTS)) == DEFAULTS

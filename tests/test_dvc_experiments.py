@@ -12,8 +12,8 @@ import yaml
 
 from conftest import BIN, REPO, merge, stage_env, write_vectors
 from lvm.models import MODEL_PARAMS
-from lvm.train import EXPERIMENTS
-from test_train import TINY
+from lvm.config import EXPERIMENTS
+from test_train import TINY_SIZES
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def repo(tmp_path_factory):
     del pipeline["stages"]["ingest"]
     (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     write_vectors(root / "vectors.npz", [30] * 14, dim=12, seed=3)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_SIZES)
     params["data"]["vectors"] = "vectors.npz"
     params["train"]["epochs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -89,14 +89,14 @@ def test_queued_experiments_run_in_clean_workspaces_and_show_up(tmp_path):
     import yaml
 
     from conftest import REPO, merge, stage_env, write_vectors
-    from test_train import TINY
+    from test_train import TINY_SIZES
 
     root = tmp_path / "queue"
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root)
     write_vectors(root / "vectors.npz", [30] * 14, dim=12, seed=3)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_SIZES)
     params["data"]["vectors"] = "vectors.npz"
     params["train"].update(epochs=1, max_train_windows=32)
     params["evaluate"]["n_boot"] = 20

@@ -11,7 +11,8 @@ from lvm import LvmError
 from lvm.io import NpzReader, save_npz
 from lvm.metrics import METRIC_KEYS
 from lvm.stages import evaluate
-from lvm.train import EXPERIMENTS, run
+from lvm.config import EXPERIMENTS
+from lvm.training import run
 from test_train import tiny_params
 
 

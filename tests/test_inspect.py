@@ -19,7 +19,7 @@ from lvm.data import WindowDataset, export_windows, load_corpus
 from lvm.inspect import (copy_last, hierarchy_saliency, inspect_command, load_corpus_text, memory_slot_stats,
                          model_predictor, inspect_windows)
 from lvm.models import create_model
-from lvm.train import run
+from lvm.training import run
 from test_train import TINY, tiny_params
 
 LENGTHS = [30] * 14
@@ -94,7 +94,7 @@ def test_inspect_cli_bad_article_is_one_error_line(corpus_dir):
 
 def test_evaluate_sample_has_every_predictor_and_the_true_next_text(corpus_dir):
     from lvm.stages.evaluate import inspect_sample
-    from lvm.train import load_model
+    from lvm.checkpoints import load_model
 
     root, p = corpus_dir
     test = WindowDataset(root / "ctx" / "test.npz")
@@ -109,7 +109,7 @@ def test_memory_slot_counts_sum_to_the_number_of_reads(corpus_dir):
     test = WindowDataset(root / "ctx" / "test.npz")
     torch.manual_seed(0)
     model = create_model("memory_gru", input_dim=12, context_length=10, hidden_dim=16, memory_slots=32,
-                         memory_layers=2).eval()
+                         memory_layers=2, anchor="none").eval()
     stats = memory_slot_stats(model, test, batch_size=7)
     n = len(test)
     for kind, reads in (("first", n * 10), ("second", n)):
@@ -136,7 +136,8 @@ def test_hierarchy_saliency_shares_sum_to_one(tmp_path, L, chunk):
                    {"train": 0.5, "val": 0.0, "test": 0.5}, seed=1)
     test = WindowDataset(tmp_path / "ctx" / "test.npz")
     torch.manual_seed(0)
-    model = create_model("hierarchical_gru", input_dim=12, context_length=L, hidden_dim=16, chunk_size=chunk)
+    model = create_model("hierarchical_gru", input_dim=12, context_length=L, hidden_dim=16, chunk_size=chunk,
+                         anchor="none")
     sal = hierarchy_saliency(model, test, batch_size=5)
     assert sal["windows"] == len(test) and sal["padding"] == (-L) % chunk
     assert sal["n_chunks"] == -(-L // chunk) == len(sal["chunk_share"]) == len(sal["chunk_grad_x_input"])

@@ -1,16 +1,19 @@
 """Model zoo: interface, training signal, parameter budgets and the memory model's fixed defects."""
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lvm.models import MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
+from lvm.config import DEFAULTS
+from lvm.models import _REGISTRY, MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
 
 D, L, B = 16, 20, 3
 # small but structurally complete: every model keeps >= 2 layers where it stacks them
 SMALL = dict(hidden_dim=32, lstm_layers=2, gru_layers=2, transformer_layers=2, transformer_heads=4,
              transformer_ff=64, amn_hidden=32, chunk_size=5, hierarchy_layers=2, memory_slots=24,
-             memory_layers=2, dropout=0.0)
+             memory_layers=2, dropout=0.0, anchor="none")
 ORIGINAL_PARAMS = dict(lstm=5.1e6, gru=7.1e6, transformer=17.9e6, amn=1.5e6, hierarchical_gru=8.6e6,
                        memory_gru=11.3e6)
 
@@ -116,8 +119,10 @@ def test_unknown_name_lists_valid_names():
 def test_unused_keys_ignored_used_keys_validated():
     model = create_model("lstm", input_dim=D, context_length=L, hidden_dim=32, chunk_size=7, memory_slots=-1,
                          whatever="x")
+    defaults = DEFAULTS["model"]
     assert model.config == {"name": "lstm", "input_dim": D, "context_length": L, "hidden_dim": 32,
-                            "lstm_layers": 2, "dropout": 0.0, "anchor": "none", "normalize": "none"}
+                            "lstm_layers": defaults["lstm_layers"], "dropout": defaults["dropout"],
+                            "anchor": defaults["anchor"], "normalize": "none"}
     with pytest.raises(ValueError, match="model.anchor"):
         create_model("gru", input_dim=D, context_length=L, anchor="mean")
     with pytest.raises(ValueError, match="train.normalize"):
@@ -140,6 +145,15 @@ def test_model_params_cover_defaults():
     assert "memory_slots" not in MODEL_PARAMS["gru"]
     for name, keys in MODEL_PARAMS.items():
         assert "dropout" in keys and "anchor" in keys
+    # every model.* key of params is read by some model, and every key a model reads has its default there
+    assert set().union(*MODEL_PARAMS.values()) == set(DEFAULTS["model"])
+    for name, keys in MODEL_PARAMS.items():
+        # the constructors have no defaults of their own: the one place is lvm.config.DEFAULTS
+        signature = inspect.signature(_REGISTRY[name].__init__).parameters
+        assert all(signature[k].default is inspect.Parameter.empty for k in keys), name
+        # a model built without params takes exactly those defaults
+        config = create_model(name, input_dim=D, context_length=L).config
+        assert {k: config[k] for k in keys} == {k: DEFAULTS["model"][k] for k in keys}, name
 
 
 @pytest.mark.parametrize("length", [50, 200])

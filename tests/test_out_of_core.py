@@ -8,7 +8,8 @@ import torch
 
 from conftest import write_vectors
 from lvm.data import WindowDataset, export_windows, load_corpus, should_mmap
-from lvm.train import load_checkpoint, run
+from lvm.checkpoints import load_checkpoint
+from lvm.training import run
 from test_train import tiny_params
 
 

@@ -5,12 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_vectors
+from conftest import SIMPLE_TRAINING, merge, write_vectors
 from lvm.config import DEFAULTS, _merge, validate
 from lvm.data import WindowDataset, export_windows, load_corpus
-from lvm.train import compute_loss, load_checkpoint, load_model, predict, run
+from lvm.checkpoints import load_checkpoint, load_model, predict
+from lvm.losses import compute_loss
+from lvm.training import run
 
-TINY = {
+# tiny sizes (merged into the repository's params.yaml by the DVC tests)
+TINY_SIZES = {
     "data": {"context_length": 10},
     "model": {"hidden_dim": 16, "chunk_size": 5, "memory_slots": 32, "transformer_ff": 32,
               "transformer_heads": 2, "amn_hidden": 16},
@@ -18,6 +21,7 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "threads": 1},
     "evaluate": {"n_boot": 50},
 }
+TINY = merge(SIMPLE_TRAINING, TINY_SIZES)
 
 
 def tiny_params(**train):
@@ -104,8 +108,8 @@ def test_losses_are_lower_for_the_right_answer(kind):
     g = torch.Generator().manual_seed(0)
     target = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
     wrong = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
-    right = compute_loss(target, target, target, kind)
-    bad = compute_loss(wrong, wrong, target, kind)
+    right = compute_loss(target, target, target, kind, tau=0.07, weight=0.05)
+    bad = compute_loss(wrong, wrong, target, kind, tau=0.07, weight=0.05)
     assert torch.isfinite(right) and right < bad
 
 
@@ -163,7 +167,7 @@ def test_amn_refuses_every_position_training(tmp_path, data_dir):
 def test_anchored_model_starts_at_its_baseline_with_train_statistics(tmp_path, data_dir):
     from lvm.baselines import ExpDecayMean
     from lvm.models.base import fit_normalizer
-    from lvm.train import fit_anchor_decay
+    from lvm.training import fit_anchor_decay
     # lr 0: the checkpoint is the fresh model, so it must predict exactly the baseline fitted on train
     metrics, out = train(tmp_path, data_dir, "anch", epochs=1, lr=1e-12, normalize="robust")
     p = tiny_params()
@@ -198,7 +202,7 @@ def test_patience_stops_early_and_keeps_the_best(tmp_path, data_dir):
 
 
 def test_infonce_ignores_near_duplicate_negatives():
-    from lvm.train import near_duplicates
+    from lvm.losses import near_duplicates
     rows = torch.tensor([10, 11, 20, 10])
     articles = torch.tensor([1, 1, 1, 2])
     near = near_duplicates(rows, articles)
@@ -208,8 +212,8 @@ def test_infonce_ignores_near_duplicate_negatives():
     # prediction equal to the first target no longer counts the duplicate as a rival
     t = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     t[1] = t[0]
-    masked = compute_loss(t, t, t, "infonce", rows=rows, articles=articles)
-    unmasked = compute_loss(t, t, t, "infonce")
+    masked = compute_loss(t, t, t, "infonce", tau=0.07, weight=0.05, rows=rows, articles=articles)
+    unmasked = compute_loss(t, t, t, "infonce", tau=0.07, weight=0.05)
     assert masked < unmasked - 0.1
 
 

@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvm.cli import stage
-from lvm.config import load_params
+from lvm.entry import stage
+from lvm.config import DATA_DIR, load_params
 from lvm.data import WindowDataset
 from lvm.io import write_json, write_text
 
-DATA_DIR = "data/ctx100"
 
 # (name, what it tests, overrides on top of params.yaml). The first row is the params.yaml setting.
 LEVERS = [
@@ -62,9 +61,10 @@ def distinct(p: dict, overrides: dict) -> bool:
 
 def score_run(p: dict, model: str, data_dir: str, reference: dict) -> dict:
     """Train one variant in a scratch directory and score its best checkpoint on val and test."""
-    from lvm.stages.evaluate import score, vs_best_baseline
+    from lvm.checkpoints import load_model, predict
     from lvm.hardware import resolve_precision
-    from lvm.train import load_model, predict, run
+    from lvm.stages.evaluate import score, vs_best_baseline
+    from lvm.training import run
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -1,8 +1,9 @@
 """Checkpoints: the one writer and the one reader, used by training, resume, evaluate, analyze and
-`lvm inspect`.
+`lvm inspect`; and a loaded model's predictions.
 
     save_checkpoint(path, model, epoch, metrics)      # tensors and plain values only (no pickle)
     model = load_model(path, expect_name="gru", data=test_split)   # checked, rebuilt, eval mode
+    pred = predict(model, test_split)                 # [windows, D], L2-normalised
 
 Every way a file can be wrong (missing, empty, truncated, text, a zip that is no torch file, pickled
 objects, wrong keys, a state_dict that does not fit, another model, other D or L, an older lvm's
@@ -16,9 +17,11 @@ import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lvm import LvmError
+from lvm.hardware import autocast
 from lvm.io import atomic_path
 
 # what every lvm checkpoint holds; resume also needs RESUME_KEYS (written into last.pt only)
@@ -40,6 +43,12 @@ def save_checkpoint(path, model, epoch: int, metrics: dict, state_dict: dict | N
         # to a file object: torch.save names the zip's folder after a path's stem, here the random temp
         # name, so the same checkpoint would differ in bytes on every run (and DVC would see a change)
         torch.save(state, f)
+
+
+def untimed(row: dict) -> dict:
+    """An epoch's history row without its wall time: what best.pt and final.pt keep (their bytes must
+    not change when a rerun with the same inputs and params trains the same weights)."""
+    return {k: v for k, v in row.items() if k != "seconds"}
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -102,7 +111,7 @@ def load_checkpoint(path, resume: bool = False) -> dict:
         what = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         raise LvmError(f"{path}: holds pickled Python objects ({what.group(1) if what else 'not tensors'}) that "
                        "torch.load(weights_only=True) refuses to run; lvm checkpoints hold tensors and plain "
-                       "values only, so it was not written by lvm.train") from None
+                       "values only, so it was not written by lvm") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, ... for broken files
         msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise LvmError(f"{path}: cannot be read as a torch checkpoint ({msg}); copy it again or {fix}") from None
@@ -208,3 +217,37 @@ def load_model(path, expect_name=None, expect_dim=None, expect_context=None, dev
     path = Path(path)
     model = build_model(load_checkpoint(path), path, expect_name, expect_dim, expect_context, data)
     return model.to(device).eval()
+
+
+def resume_checkpoint(path: Path, model, train_ds) -> dict:
+    """last.pt checked like every checkpoint (same model, D and L as the data), resumable, with the
+    config of params; its weights loaded into `model`."""
+    ckpt = load_checkpoint(path, resume=True)
+    cfg = ckpt["model_config"]
+    check_identity(path, cfg, model.config["name"], data=train_ds, fix=RESUME_FIX)
+    missing, extra = sorted(set(model.config) - set(cfg)), sorted(set(cfg) - set(model.config))
+    if missing or extra:
+        raise LvmError(f"{path}: written by another lvm version (model config "
+                       + "; ".join(x for x in (missing and f"lacks {', '.join(missing)}",
+                                                extra and f"has unknown {', '.join(extra)}") if x)
+                       + f"), so it cannot be resumed; {RESUME_FIX}")
+    diff = [f"{k} {cfg[k]!r} -> {v!r}" for k, v in model.config.items() if cfg[k] != v]
+    if diff:
+        raise LvmError(f"{path}: model config differs from params ({', '.join(diff)}); {RESUME_FIX}")
+    if ckpt["best_state"] is not None:  # the weights best.pt will get: checked before any training
+        load_weights(model, ckpt["best_state"], f"{path} (best_state)", check_only=True, fix=RESUME_FIX)
+    load_weights(model, ckpt["state_dict"], path, fix=RESUME_FIX)
+    return ckpt
+
+
+@torch.no_grad()
+def predict(model, dataset, batch_size: int = 256, device=None, precision: str = "fp32") -> np.ndarray:
+    """L2-normalised predictions [n_windows, D] for every window of `dataset` (a WindowDataset), in order."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = np.empty((len(dataset), dataset.dim), np.float32)
+    for idx, ctx, _ in dataset.batches(batch_size):
+        with autocast(device, precision):
+            pred = model(ctx.to(device))
+        out[idx] = pred.float().cpu().numpy()
+    return out

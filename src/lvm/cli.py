@@ -1,5 +1,4 @@
-"""Shared stage entry point (one clear error line and exit 2 for bad input or params) and the `lvm`
-command:
+"""The `lvm` command:
 
     lvm inspect --model models/memory/best.pt --article 17      # decoded predictions, see lvm.inspect
     lvm inspect                                                 # lists the held-out articles
@@ -7,29 +6,9 @@ command:
 from __future__ import annotations
 
 import argparse
-import argparse
-import functools
-import os
-import sys
 
-from lvm import LvmError
-
-EXIT_BAD_INPUT = 2
-
-
-def stage(fn):
-    """Wrap a stage's main(): LvmError -> 'error: ...' on stderr, exit 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-        try:
-            return fn(*args, **kwargs)
-        except LvmError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
-
-    return wrapper
+from lvm.config import DATA_DIR, load_params
+from lvm.entry import stage
 
 
 @stage
@@ -45,12 +24,11 @@ def main(argv=None):
     ins.add_argument("--windows", type=int, default=3, help="windows of the article, evenly spaced (3)")
     ins.add_argument("--k", type=int, default=5, help="nearest corpus chunks per prediction (5)")
     ins.add_argument("--split", choices=("test", "val", "train"), default="test")
-    ins.add_argument("--data-dir", default="data/ctx100")
+    ins.add_argument("--data-dir", default=DATA_DIR)
     ins.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    from lvm.config import load_params
-    from lvm.inspect import inspect_command
+    from lvm.inspect import inspect_command  # (imports torch: not needed for --help)
 
     print(inspect_command(load_params(args.params), args.model, args.article, args.windows, args.k,
                           args.split, args.data_dir))
@@ -58,17 +36,3 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
-
-
-def stage_main(run, description: str | None = None):
-    """`main(argv)` for `python -m lvm.stages.<name> [--params FILE]`: validated params -> run(params)."""
-
-    @stage
-    def main(argv=None):
-        from lvm.config import load_params
-
-        parser = argparse.ArgumentParser(description=description)
-        parser.add_argument("--params", default="params.yaml")
-        run(load_params(parser.parse_args(argv).params))
-
-    return main

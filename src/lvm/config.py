@@ -1,7 +1,14 @@
-"""One loader for params.yaml: fills defaults, rejects unknown keys and bad values by name.
+"""One loader and the one validator for params.yaml: fills defaults, rejects unknown keys and bad
+values by name (one `params: KEY: ...` error).
 
 Stages call `load_params()` and read only their own sections; dvc.yaml declares the same keys per
 stage so `dvc exp run -S section.key=value` reruns exactly the stages that read that key.
+
+Defaults: DEFAULTS below holds every key with the value the repository's params.yaml gives it
+(tests/test_config.py fails when the two differ), so a key missing from a user's params.yaml means
+what the shipped params.yaml says. The models take no defaults of their own: `create_model` fills
+missing model keys from DEFAULTS["model"] and checks them with `check_model`, which is also what
+validates the model section here and a checkpoint's model config.
 """
 from __future__ import annotations
 
@@ -13,6 +20,10 @@ import yaml
 from lvm import LvmError
 
 PARAMS_FILE = "params.yaml"
+# the exported windows every train stage reads, and experiment -> the model its train_<experiment>
+# stage trains (dvc.yaml's stages; evaluate and analyze read their checkpoints)
+DATA_DIR = "data/ctx100"
+EXPERIMENTS = {"baseline": "gru", "hierarchical": "hierarchical_gru", "memory": "memory_gru"}
 
 DEFAULTS: dict = {
     "data": {
@@ -33,7 +44,7 @@ DEFAULTS: dict = {
     "export": {
         "overlap": 50,
         "test_stride": 1,  # stride of test windows: 1 scores every target of the held-out articles
-        "val_stride": 0,  # stride of val windows; 0 = the train stride (context_length - overlap)
+        "val_stride": 5,  # stride of val windows; 0 = the train stride (context_length - overlap)
         "min_target_position": 0,  # targets only at positions >= this in their article; 0 = context_length
         "seed": 42,
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},
@@ -51,16 +62,16 @@ DEFAULTS: dict = {
         "hierarchy_layers": 2,
         "memory_slots": 2048,
         "memory_layers": 4,
-        "anchor": "none",  # none | last | decay_mean: raw prediction = anchor baseline + learned remainder
+        "anchor": "decay_mean",  # none | last | decay_mean: raw prediction = anchor baseline + learned remainder
     },
     "train": {
         "seed": 42,
-        "epochs": 20,
+        "epochs": 30,
         "batch_size": 32,
-        "lr": 5e-4,
+        "lr": 2e-4,
         "weight_decay": 0.01,
         "grad_clip": 1.0,
-        "loss": "mse",  # mse | cosine | infonce | mse+infonce | cosine+infonce
+        "loss": "cosine",  # mse | cosine | infonce | mse+infonce | cosine+infonce
         "infonce_tau": 0.07,
         "infonce_weight": 0.05,  # weight of the InfoNCE term in a mixture
         "lr_patience": 3,
@@ -69,15 +80,15 @@ DEFAULTS: dict = {
         "precision": "auto",  # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16 (autocast)
         "bf16_contexts": True,  # with precision bf16: gather training contexts from a bf16 table (2.2x loader)
         "threads": 0,  # torch intra-op threads; 0 = all cores
-        "window_stride": 0,  # stride of TRAINING windows inside train articles; 0 = as exported
-        "max_train_windows": 0,  # 0 = all; caps windows per epoch (a new seeded subsample each epoch)
+        "window_stride": 1,  # stride of TRAINING windows inside train articles; 0 = as exported
+        "max_train_windows": 250,  # 0 = all; caps windows per epoch (a new seeded subsample each epoch)
         "resume": False,
-        "nproc": 1,  # processes on this node; > 1 relaunches `python -m lvm.train` through torchrun (DDP)
+        "nproc": 1,  # processes on this node; > 1 relaunches `python -m lvm.stages.train` through torchrun (DDP)
         "mmap": "auto",  # read split vectors through a memory map: auto | true | false (see README)
-        "targets": "last",  # last (one target per window) | all (the next vector after every position)
+        "targets": "all",  # last (one target per window) | all (the next vector after every position)
         "min_context": 1,  # with targets all: positions with fewer context vectors are not scored
-        "normalize": "none",  # none | center | standard | robust: per-dimension, fitted on the train split
-        "patience": 0,  # stop after this many epochs without a lower val loss (0 = never)
+        "normalize": "robust",  # none | center | standard | robust: per-dimension, fitted on the train split
+        "patience": 4,  # stop after this many epochs without a lower val loss (0 = never)
         "ema": 0.0,  # > 0: validate and save an exponential moving average of the weights (decay per step)
         "article_fraction": 1.0,  # train on a seeded share of the train articles (data-scale curve)
     },
@@ -108,6 +119,34 @@ def _fail(key: str, msg: str):
     raise LvmError(f"params: {key}: {msg}")
 
 
+# model keys that count something (layers, units, slots): integers >= 1
+MODEL_SIZES = ("hidden_dim", "memory_slots", "lstm_layers", "gru_layers", "transformer_layers", "transformer_heads",
+               "transformer_ff", "amn_hidden", "chunk_size", "hierarchy_layers", "memory_layers")
+
+
+def check_model(values: dict) -> dict:
+    """The model keys among `values` (params.yaml's model section, or a checkpoint's model config)
+    with their types and ranges checked; raises ValueError "model.KEY: what is wrong"."""
+    out = dict(values)
+    for key, value in values.items():
+        if key not in DEFAULTS["model"]:
+            continue  # name, input_dim, ... of a checkpoint's config: checked by the model
+        try:
+            out[key] = value = _coerce(DEFAULTS["model"][key], value)
+        except ValueError as e:
+            raise ValueError(f"model.{key}: {e}") from None
+        if key in MODEL_SIZES and value < 1:
+            raise ValueError(f"model.{key}: must be >= 1, got {value}")
+        if key == "dropout" and not 0.0 <= value < 1.0:
+            raise ValueError(f"model.dropout: must be in [0, 1), got {value}")
+        if ("model", key) in CHOICES and value not in CHOICES["model", key]:
+            raise ValueError(f"model.{key}: must be one of {', '.join(CHOICES['model', key])}; got {value!r}")
+    hidden = out.get("hidden_dim", DEFAULTS["model"]["hidden_dim"])
+    if "transformer_heads" in out and hidden % out["transformer_heads"]:
+        raise ValueError(f"model.transformer_heads: must divide model.hidden_dim ({hidden})")
+    return out
+
+
 def _merge(defaults: dict, given: dict, prefix: str) -> dict:
     out = copy.deepcopy(defaults)
     for key, value in (given or {}).items():
@@ -119,31 +158,35 @@ def _merge(defaults: dict, given: dict, prefix: str) -> dict:
             if not isinstance(value, dict):
                 _fail(name, f"expected a mapping, got {value!r}")
             out[key] = _merge(default, value, name + ".")
+        elif name in BOOL_OR_STR and isinstance(value, bool):
+            out[key] = value
         else:
-            out[key] = _coerce(name, default, value)
+            try:
+                out[key] = _coerce(default, value)
+            except ValueError as e:
+                raise LvmError(f"params: {name}: {e}") from None
     return out
 
 
-def _coerce(name: str, default, value):
+def _coerce(default, value):
+    """`value` as the type of `default` (an int is a number; bool is no int); ValueError if it is not."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            _fail(name, f"expected true/false, got {value!r}")
+            raise ValueError(f"expected true/false, got {value!r}")
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            _fail(name, f"expected an integer, got {value!r}")
+            raise ValueError(f"expected an integer, got {value!r}")
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(name, f"expected a number, got {value!r}")
+            raise ValueError(f"expected a number, got {value!r}")
         value = float(value)
     elif isinstance(default, list):
         if not isinstance(value, list):
-            _fail(name, f"expected a list, got {value!r}")
+            raise ValueError(f"expected a list, got {value!r}")
         value = list(value)
     elif isinstance(default, str):
-        if name in BOOL_OR_STR and isinstance(value, bool):
-            return value
         if not isinstance(value, str):
-            _fail(name, f"expected a string, got {value!r}")
+            raise ValueError(f"expected a string, got {value!r}")
     return value
 
 
@@ -192,18 +235,12 @@ def validate(p: dict) -> dict:
         _fail("export.split", f"fractions must sum to 1, got {sum(fractions.values()):.6g} ({fractions})")
     if fractions["train"] <= 0 or fractions["test"] <= 0:
         _fail("export.split", "train and test fractions must be > 0")
-    if model["chunk_size"] < 1:
-        _fail("model.chunk_size", f"must be >= 1, got {model['chunk_size']}")
-    for key in ("hidden_dim", "memory_slots", "lstm_layers", "gru_layers", "transformer_layers",
-                "transformer_heads", "transformer_ff", "amn_hidden", "hierarchy_layers", "memory_layers"):
-        if model[key] < 1:
-            _fail(f"model.{key}", f"must be >= 1, got {model[key]}")
-    if model["hidden_dim"] % model["transformer_heads"]:
-        _fail("model.transformer_heads", f"must divide model.hidden_dim ({model['hidden_dim']})")
-    if not 0.0 <= model["dropout"] < 1.0:
-        _fail("model.dropout", f"must be in [0, 1), got {model['dropout']}")
+    try:
+        check_model(model)
+    except ValueError as e:
+        raise LvmError(f"params: {e}") from None
     for (section, key), allowed in CHOICES.items():
-        if p[section][key] not in allowed:
+        if section != "model" and p[section][key] not in allowed:  # (model: check_model above)
             _fail(f"{section}.{key}", f"must be one of {', '.join(allowed)}; got {p[section][key]!r}")
     device = train["device"]
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):

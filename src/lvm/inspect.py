@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lvm import LvmError
+from lvm.config import DATA_DIR
 from lvm.data import WindowDataset
 from lvm.io import NpzReader
 
@@ -83,7 +84,7 @@ def article_windows(ds: WindowDataset, article_id: int, n: int) -> np.ndarray:
 
 def model_predictor(model, device="cpu", precision: str = "fp32"):
     """context [n, L, D] numpy -> predictions [n, D] numpy, as the evaluate stage computes them."""
-    from lvm.train import autocast
+    from lvm.hardware import autocast
 
     device = torch.device(device)
 
@@ -276,10 +277,11 @@ def hierarchy_saliency(model, ds: WindowDataset, batch_size: int = 64) -> dict:
 
 
 def inspect_command(p: dict, model_paths: list[str], article: int | None, n_windows: int = 3, k: int = 5,
-                    split: str = "test", data_dir: str = "data/ctx100") -> str:
+                    split: str = "test", data_dir: str = DATA_DIR) -> str:
     """What `lvm inspect` prints: the split's articles (no --article) or decoded predictions."""
+    from lvm.checkpoints import load_model
     from lvm.hardware import resolve_device, resolve_precision
-    from lvm.train import load_model, set_threads
+    from lvm.runtime import set_threads
 
     for flag, value in (("--windows", n_windows), ("--k", k)):
         if value < 1:

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from lvm import LvmError
-from lvm.cli import stage
+from lvm.entry import stage
 
 IN_JSON = "metrics/context_sweep.json"
 OUT_FIGURE = "plots/context_sweep.png"

@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch.nn as nn
+
+from lvm.config import CHOICES, DEFAULTS, check_model
 
 from .amn import AMNModel
 from .base import LatentVectorModel
@@ -30,24 +30,21 @@ MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 # model name -> the `model.*` keys of params.yaml it reads (what its DVC stage must declare)
 MODEL_PARAMS: dict[str, tuple[str, ...]] = {name: cls.PARAMS for name, cls in _REGISTRY.items()}
 
-# model name -> {key: default}, read off the constructors so it cannot drift from the code
-MODEL_DEFAULTS: dict[str, dict] = {
-    name: {k: inspect.signature(cls.__init__).parameters[k].default for k in cls.PARAMS}
-    for name, cls in _REGISTRY.items()
-}
-
-
 def create_model(name: str, input_dim: int, context_length: int, normalize: str = "none",
                  **model_params) -> LatentVectorModel:
     """Build model `name`. `model_params` is the flat `model:` section of params.yaml: keys this
-    model does not read are ignored; missing keys take the constructor defaults. `normalize`
+    model does not read are ignored; missing keys take their lvm.config.DEFAULTS value, and every
+    value is checked there (ValueError naming the key; the models take no defaults). `normalize`
     (train.normalize) reserves the normalised space; its statistics come from training
     (`set_normalizer`) or the checkpoint's state_dict. With `model.anchor` the head's last layer
     starts at zero, so the fresh model predicts exactly its anchor baseline."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     cls = _REGISTRY[name]
-    used = {k: model_params[k] for k in cls.PARAMS if k in model_params}
+    used = check_model({k: model_params.get(k, DEFAULTS["model"][k]) for k in cls.PARAMS})
+    if normalize not in CHOICES["train", "normalize"]:
+        raise ValueError(f"train.normalize: must be one of {', '.join(CHOICES['train', 'normalize'])}; "
+                         f"got {normalize!r}")
     model = cls(input_dim=input_dim, context_length=context_length, normalize=normalize, **used)
     if model.anchor != "none":
         model.zero_output_layers()
@@ -59,4 +56,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODEL_NAMES", "MODEL_PARAMS", "MODEL_DEFAULTS", "LatentVectorModel", "create_model", "count_parameters"]
+__all__ = ["MODEL_NAMES", "MODEL_PARAMS", "LatentVectorModel", "create_model", "count_parameters"]

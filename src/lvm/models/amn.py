@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import LatentVectorModel, check_dropout, check_int
+from .base import LatentVectorModel
 
 
 class AMNModel(LatentVectorModel):
@@ -25,9 +25,7 @@ class AMNModel(LatentVectorModel):
     SEQUENCE = False
     DESCRIPTION = "context mean + residual from one-head attention (query = last vector) and an MLP"
 
-    def __init__(self, input_dim, context_length, amn_hidden=384, dropout=0.0, anchor="none", normalize="none"):
-        check_int("amn_hidden", amn_hidden)
-        dropout = check_dropout(dropout)
+    def __init__(self, input_dim, context_length, amn_hidden, dropout, anchor, normalize):
         super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, amn_hidden=amn_hidden,
                          dropout=dropout)
         self.query = nn.Linear(input_dim, amn_hidden)

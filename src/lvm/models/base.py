@@ -1,5 +1,6 @@
-"""Shared plumbing for every latent vector model: config capture, param checks, the output rule,
-the normalised space and the baseline anchor.
+"""Shared plumbing for every latent vector model: config capture, the output rule, the normalised
+space and the baseline anchor. (The values a model is built with are checked by lvm.config, through
+create_model.)
 
 A model reads a context [B, L, D] and predicts the next vector. Subclasses implement
 `head_output(x, all_positions)` on the *normalised* context x and return the head's output
@@ -20,29 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-ANCHORS = ("none", "last", "decay_mean")
-NORMALIZERS = ("none", "center", "standard", "robust")
-
-
-def check_int(key: str, value, minimum: int = 1) -> int:
-    # bool is an int subclass; `model.hidden_dim: true` in YAML is a typo, not 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"model.{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_dropout(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"model.dropout must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def check_choice(key: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
 
 def decay_weights(decay: torch.Tensor, length: int) -> torch.Tensor:
     """[L, L] causal weights: row t = decay**(t-i) for i <= t, 0 after t, each row summing to 1
@@ -89,8 +67,7 @@ class LatentVectorModel(nn.Module):
     # (or, amn, averages it in fp32), so training may gather contexts from a bf16 table (train.bf16_contexts).
     BF16_CONTEXTS: bool = True
 
-    def __init__(self, input_dim: int, context_length: int, anchor: str = "none", normalize: str = "none",
-                 **params):
+    def __init__(self, input_dim: int, context_length: int, anchor: str, normalize: str, **params):
         super().__init__()
         # input_dim comes from the encoder, context_length from the data section of params.yaml
         if isinstance(input_dim, bool) or not isinstance(input_dim, int) or input_dim < 1:
@@ -99,8 +76,8 @@ class LatentVectorModel(nn.Module):
             raise ValueError(f"data.context_length must be an integer >= 1, got {context_length!r}")
         self.input_dim = input_dim
         self.context_length = context_length
-        self.anchor = check_choice("model.anchor", anchor, ANCHORS)
-        self.normalize = check_choice("train.normalize", normalize, NORMALIZERS)
+        self.anchor = anchor  # (anchor, normalize and the model's params: checked by create_model)
+        self.normalize = normalize
         # Everything needed to rebuild the architecture from a checkpoint: create_model(**config)
         self.config = {"name": self.name, "input_dim": input_dim, "context_length": context_length,
                        "anchor": anchor, "normalize": normalize, **params}

@@ -3,7 +3,7 @@
 import torch
 import torch.nn as nn
 
-from .base import LatentVectorModel, check_dropout, check_int
+from .base import LatentVectorModel
 from .fastrnn import gru_stack, use_fast_path
 
 
@@ -14,11 +14,7 @@ class GRUModel(LatentVectorModel):
     PARAMS = ("hidden_dim", "gru_layers", "dropout", "anchor")
     DESCRIPTION = "input linear, residual GRU+LayerNorm stack, step state -> linear"
 
-    def __init__(self, input_dim, context_length, hidden_dim=512, gru_layers=4, dropout=0.0, anchor="none",
-                 normalize="none"):
-        check_int("hidden_dim", hidden_dim)
-        check_int("gru_layers", gru_layers)
-        dropout = check_dropout(dropout)
+    def __init__(self, input_dim, context_length, hidden_dim, gru_layers, dropout, anchor, normalize):
         super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, hidden_dim=hidden_dim,
                          gru_layers=gru_layers, dropout=dropout)
         self.inp = nn.Linear(input_dim, hidden_dim)

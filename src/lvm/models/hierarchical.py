@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import LatentVectorModel, check_dropout, check_int
+from .base import LatentVectorModel
 
 
 class HierarchicalGRUModel(LatentVectorModel):
@@ -30,12 +30,7 @@ class HierarchicalGRUModel(LatentVectorModel):
     # CPU autocast leaves nn.GRU in its input's dtype: a bf16 context would turn its fp32 GRUs into bf16 ones
     BF16_CONTEXTS = False
 
-    def __init__(self, input_dim, context_length, hidden_dim=512, chunk_size=10, hierarchy_layers=2, dropout=0.0,
-                 anchor="none", normalize="none"):
-        check_int("hidden_dim", hidden_dim)
-        check_int("chunk_size", chunk_size)
-        check_int("hierarchy_layers", hierarchy_layers)
-        dropout = check_dropout(dropout)
+    def __init__(self, input_dim, context_length, hidden_dim, chunk_size, hierarchy_layers, dropout, anchor, normalize):
         super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, hidden_dim=hidden_dim,
                          chunk_size=chunk_size, hierarchy_layers=hierarchy_layers, dropout=dropout)
         self.chunk_size = chunk_size

@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from lvm.hardware import native_bf16
 
-from .base import LatentVectorModel, check_dropout, check_int
+from .base import LatentVectorModel
 
 
 class LSTMModel(LatentVectorModel):
@@ -15,11 +15,7 @@ class LSTMModel(LatentVectorModel):
     PARAMS = ("hidden_dim", "lstm_layers", "dropout", "anchor")
     DESCRIPTION = "stacked LSTM, step output -> linear"
 
-    def __init__(self, input_dim, context_length, hidden_dim=512, lstm_layers=2, dropout=0.0, anchor="none",
-                 normalize="none"):
-        check_int("hidden_dim", hidden_dim)
-        check_int("lstm_layers", lstm_layers)
-        dropout = check_dropout(dropout)
+    def __init__(self, input_dim, context_length, hidden_dim, lstm_layers, dropout, anchor, normalize):
         super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, hidden_dim=hidden_dim,
                          lstm_layers=lstm_layers, dropout=dropout)
         self.lstm = nn.LSTM(input_dim, hidden_dim, lstm_layers, batch_first=True,

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import LatentVectorModel, check_dropout, check_int
+from .base import LatentVectorModel
 from .fastrnn import gru_stack, use_fast_path
 
 
@@ -40,12 +40,7 @@ class MemoryGRUModel(LatentVectorModel):
     PARAMS = ("hidden_dim", "memory_slots", "memory_layers", "dropout", "anchor")
     DESCRIPTION = "learned slot memory: per-step cosine read, GRU, per-sample rank-1 write, second read"
 
-    def __init__(self, input_dim, context_length, hidden_dim=512, memory_slots=2048, memory_layers=4, dropout=0.0,
-                 anchor="none", normalize="none"):
-        check_int("hidden_dim", hidden_dim)
-        check_int("memory_slots", memory_slots)
-        check_int("memory_layers", memory_layers)
-        dropout = check_dropout(dropout)
+    def __init__(self, input_dim, context_length, hidden_dim, memory_slots, memory_layers, dropout, anchor, normalize):
         super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, hidden_dim=hidden_dim,
                          memory_slots=memory_slots,
                          memory_layers=memory_layers, dropout=dropout)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import LatentVectorModel, check_dropout, check_int
+from .base import LatentVectorModel
 
 
 def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
@@ -61,16 +61,8 @@ class TransformerModel(LatentVectorModel):
     PARAMS = ("hidden_dim", "transformer_layers", "transformer_heads", "transformer_ff", "dropout", "anchor")
     DESCRIPTION = "causal pre-LN transformer (SDPA, SwiGLU), sinusoidal positions, each position -> linear"
 
-    def __init__(self, input_dim, context_length, hidden_dim=512, transformer_layers=4, transformer_heads=8,
-                 transformer_ff=2048, dropout=0.0, anchor="none", normalize="none"):
-        check_int("hidden_dim", hidden_dim)
-        check_int("transformer_layers", transformer_layers)
-        check_int("transformer_heads", transformer_heads)
-        check_int("transformer_ff", transformer_ff)
-        dropout = check_dropout(dropout)
-        if hidden_dim % transformer_heads:
-            raise ValueError(f"model.transformer_heads ({transformer_heads}) must divide "
-                             f"model.hidden_dim ({hidden_dim})")
+    def __init__(self, input_dim, context_length, hidden_dim, transformer_layers, transformer_heads,
+                 transformer_ff, dropout, anchor, normalize):
         super().__init__(input_dim, context_length, anchor=anchor, normalize=normalize, hidden_dim=hidden_dim, transformer_layers=transformer_layers,
                          transformer_heads=transformer_heads, transformer_ff=transformer_ff, dropout=dropout)
         self.inp = nn.Linear(input_dim, hidden_dim)

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from lvm import LvmError
-from lvm.cli import stage_main
+from lvm.checkpoints import load_model
+from lvm.config import DATA_DIR, EXPERIMENTS
+from lvm.entry import stage_main
 from lvm.data import WindowDataset
 from lvm.inspect import hierarchy_saliency, load_corpus_text, memory_slot_stats, slot_neighbours
 from lvm.io import write_json, write_text
-from lvm.train import DATA_DIR, EXPERIMENTS, load_model, set_threads
+from lvm.runtime import set_threads
 
 OUT_MEMORY = "metrics/memory_slots.json"
 OUT_HIERARCHY = "metrics/hierarchy_saliency.json"

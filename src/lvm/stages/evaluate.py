@@ -22,13 +22,15 @@ import torch
 
 from lvm import LvmError
 from lvm.baselines import make_baselines, predict_batches
-from lvm.cli import stage_main
+from lvm.entry import stage_main
 from lvm.data import WindowDataset, check_same_export
 from lvm.io import log_run, write_json, write_text
 from lvm.metrics import (MIN_CI_ARTICLES, context_max_cosine, cosine, evaluate_predictions, group_ci,
                          interval_verdict, paired_difference)
-from lvm.hardware import resolve_precision
-from lvm.train import DATA_DIR, EXPERIMENTS, load_model, predict, resolve_device, set_threads
+from lvm.checkpoints import load_model, predict
+from lvm.config import DATA_DIR, EXPERIMENTS
+from lvm.hardware import resolve_device, resolve_precision
+from lvm.runtime import set_threads
 
 EVAL_SPLITS = ("val", "test")
 OUT_JSON = "metrics/evaluate.json"

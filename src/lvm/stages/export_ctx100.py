@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from lvm.cli import stage_main
+from lvm.entry import stage_main
 from lvm.data import export_windows, load_corpus
 from lvm.io import atomic_outputs, log_run, write_json
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvm.cli import stage_main
+from lvm.entry import stage_main
 from lvm.hardware import resolve_precision
 from lvm.corpus import chunk_text, clean_wikitext, default_source, encode, iter_pages, load_encoder
 from lvm.io import atomic_outputs, log_run, progress, save_npz, write_json

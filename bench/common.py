@@ -1,0 +1,35 @@
+"""Helpers every benchmark script uses: a process's memory from /proc, the CPU's name.
+
+The scripts run as `python bench/<name>.py`, so this folder is on sys.path and `from common import ...`
+finds this file (also in the child processes they start the same way).
+"""
+from __future__ import annotations
+
+import platform
+
+
+def proc_status(fields, pid="self") -> dict:
+    """{field: bytes} of the kB fields of /proc/PID/status named in `fields` (VmRSS, VmHWM, RssAnon,
+    ...); {} when the file cannot be read (the process exited, or no /proc: not Linux)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in fields:
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        return {}
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; elsewhere what platform knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

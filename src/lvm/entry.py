@@ -1,0 +1,44 @@
+"""How every stage and script starts: LvmError (bad input or params) becomes one `error:` line on
+stderr and exit status 2, never a traceback.
+
+Imports no lvm stage, so every stage and the `lvm` command can import it without a circle.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+from lvm import LvmError
+
+EXIT_BAD_INPUT = 2
+
+
+def stage(fn):
+    """Wrap a stage's main(): LvmError -> 'error: ...' on stderr, exit 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        try:
+            return fn(*args, **kwargs)
+        except LvmError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+def stage_main(run, description: str | None = None):
+    """`main(argv)` for `python -m lvm.stages.<name> [--params FILE]`: validated params -> run(params)."""
+
+    @stage
+    def main(argv=None):
+        from lvm.config import load_params
+
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--params", default="params.yaml")
+        run(load_params(parser.parse_args(argv).params))
+
+    return main

@@ -1,0 +1,55 @@
+"""The train_* stages: one model trained into models/<experiment>/ (lvm.training does the work).
+
+    python -m lvm.stages.train --model lstm --experiment lstm     # any of the six models
+    dvc repro train_baseline                                      # the stages run the same command
+
+With train.nproc > 1 the command relaunches itself through torchrun on this node and the same loop
+runs data-parallel (DistributedDataParallel); it can also be started by torchrun directly:
+
+    torchrun --nproc-per-node 4 -m lvm.stages.train --model gru --experiment baseline
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lvm.config import DATA_DIR, load_params
+from lvm.data import WindowDataset
+from lvm.entry import stage
+from lvm.models import MODEL_NAMES
+from lvm.training import run
+
+
+@stage
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument("--experiment", help="output name under models/, metrics/, dvclive/ (default: model)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    p = load_params(args.params)
+    nproc = p["train"]["nproc"]
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: relaunch through it
+        for split in ("train", "val"):  # bad input fails here with one error line, before any launch
+            WindowDataset(Path(DATA_DIR) / f"{split}.npz", mmap=True)
+        sys.exit(launch(nproc, p["train"]["threads"], sys.argv[1:] if argv is None else argv))
+    run(p, args.model, args.experiment or args.model, progress=not args.no_progress)
+
+
+def launch(nproc: int, threads: int, argv: list[str]) -> int:
+    """Run this stage with ARGV as `nproc` DDP processes on this node (torchrun --standalone)."""
+    env = dict(os.environ)
+    # torchrun would set 1 thread per process (with a warning); share the cores out instead.
+    env.setdefault("OMP_NUM_THREADS", str(threads or max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "lvm.stages.train", *argv]
+    print(f"train.nproc={nproc}: {' '.join(cmd[2:])}", flush=True)
+    return subprocess.run(cmd, env=env).returncode
+
+
+if __name__ == "__main__":
+    main()

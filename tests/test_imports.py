@@ -1,0 +1,135 @@
+"""The import graph of src/lvm has no circle, and no stage imports another stage.
+
+Read from the source with ast (nothing is imported), counting imports inside functions too: a lazy
+import hides a circle from Python at load time but not from the reader who follows it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+SRC = REPO / "src"
+
+# No stage imports another stage (shared code lives in lvm/, e.g. lvm.docs, lvm.checkpoints).
+KNOWN_STAGE_IMPORTS: set = set()
+
+
+def module_name(path: Path, src: Path = SRC) -> str:
+    parts = path.relative_to(src).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """module -> the lvm modules it imports. `from a.b import c` names the module a.b.c when that is
+    a module, else a.b; parent packages are not counted (their __init__ is run, but is no dependency
+    the importing code reads)."""
+    paths = {module_name(p, src): p for p in sorted(src.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: `from .base import x` inside lvm.models
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    targets.add(sub if sub in paths else base)
+        graph[name] = {t for t in targets if t in paths and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def stage_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    def is_stage(m):
+        return m.startswith("lvm.stages.")
+    return {(a, b) for a, targets in graph.items() if is_stage(a) for b in targets if is_stage(b)}
+
+
+def test_no_import_circle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_no_stage_imports_another_stage():
+    assert stage_imports(import_graph()) <= KNOWN_STAGE_IMPORTS
+
+
+def test_the_checks_see_circles_and_stage_imports(tmp_path):
+    # the graph reader on a tiny package: a lazy (in-function) circle and a relative stage import
+    pkg = tmp_path / "lvm"
+    (pkg / "stages").mkdir(parents=True)
+    for name in ("__init__.py", "stages/__init__.py"):
+        (pkg / name).write_text("")
+    (pkg / "cli.py").write_text("def main():\n    from lvm.inspect import run\n")
+    (pkg / "inspect.py").write_text("from lvm import cli\n")
+    (pkg / "stages/a.py").write_text("from .b import thing\n")
+    (pkg / "stages/b.py").write_text("thing = 1\n")
+    graph = import_graph(tmp_path)
+    assert graph["lvm.cli"] == {"lvm.inspect"} and graph["lvm.inspect"] == {"lvm.cli"}
+    assert find_cycle(graph) == ["lvm.cli", "lvm.inspect", "lvm.cli"]
+    assert stage_imports(graph) == {("lvm.stages.a", "lvm.stages.b")}
+    del graph["lvm.inspect"]
+    assert find_cycle(graph) is None
+
+
+# lvm modules whose code does not decide what a stage writes: the error type, the error wrapper, and
+# the params loader (params.yaml holds every key, tests/test_config.py, and dvc.yaml declares the params)
+NOT_OUTPUT_CODE = {"lvm", "lvm.entry", "lvm.config"}
+
+
+def source_path(module: str) -> str:
+    """The dvc.yaml dep that covers `module`: its file, or src/lvm/models for a model."""
+    if module == "lvm.models" or module.startswith("lvm.models."):
+        return "src/lvm/models"
+    return "src/" + module.replace(".", "/") + ".py"
+
+
+def test_train_stages_depend_on_all_the_code_they_run():
+    # a module split off the training code must become a dep, or `dvc repro` misses its changes
+    import yaml
+
+    graph, todo, runs = import_graph(), ["lvm.stages.train"], set()
+    while todo:
+        module = todo.pop()
+        if module not in runs:
+            runs.add(module)
+            todo += graph[module]
+    needed = {source_path(m) for m in runs - NOT_OUTPUT_CODE}
+    assert "src/lvm/training.py" in needed and "src/lvm/models" in needed
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("train_baseline", "train_hierarchical", "train_memory"):
+        assert "-m lvm.stages.train " in stages[name]["cmd"]
+        assert needed - set(stages[name]["deps"]) == set(), name
