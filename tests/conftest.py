@@ -95,8 +95,13 @@ def write_params(path, overrides: dict | None = None, base: dict = TINY_PARAMS) 
     return path
 
 
+# stages that take the windows' directory (dvc.yaml passes `--data ${windows}`)
+DATA_STAGES = {"lvm.stages.export_ctx100", "lvm.stages.evaluate", "lvm.stages.analyze"}
+
+
 def run_stage(module: str, params: Path, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, "--params", str(params)], cwd=cwd,
+    data = ["--data", "data/ctx100"] if module in DATA_STAGES else []
+    return subprocess.run([sys.executable, "-m", module, "--params", str(params), *data], cwd=cwd,
                           env=stage_env(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -11,9 +11,14 @@ from lvm import LvmError
 from lvm.io import NpzReader, save_npz
 from lvm.metrics import METRIC_KEYS
 from lvm.stages import evaluate
-from lvm.config import EXPERIMENTS
+from lvm.pipeline import experiments, labels
 from lvm.training import run
 from test_train import tiny_params
+
+from conftest import REPO
+
+EXPERIMENTS = experiments(REPO / "dvc.yaml")  # {experiment: model} of the real pipeline
+LABELS = list(labels(EXPERIMENTS).values())  # what evaluate reports them as: gru, ..., gru_retrieval
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +42,10 @@ def evaluate_into(root, data_dir, out=None):
                         plots_dir=str(out / "plots"), live_dir=str(root / "live"),
                         out_sample=str(out / "metrics/inspect_sample.md"),
                         out_curve=str(out / "metrics/context_curve.json"),
-                        out_headline=str(out / "metrics/headline.json"))
+                        out_headline=str(out / "metrics/headline.json"), experiments=EXPERIMENTS)
 
 
-PREDICTORS = {"copy_last", "context_mean", "exp_decay_mean", "ridge", *EXPERIMENTS.values()}
+PREDICTORS = {"copy_last", "context_mean", "exp_decay_mean", "ridge", *LABELS}
 
 
 def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
@@ -50,7 +55,7 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
     assert on_disk == json.loads(json.dumps(results))
     assert set(on_disk) == {"best_baseline", *PREDICTORS}
     best = on_disk.pop("best_baseline")
-    assert set(best) == {"cosine", "mrr"} and {best["cosine"], best["mrr"]} <= PREDICTORS - set(EXPERIMENTS.values())
+    assert set(best) == {"cosine", "mrr"} and {best["cosine"], best["mrr"]} <= PREDICTORS - set(LABELS)
     # chosen on val
     baselines = ["copy_last", "context_mean", "exp_decay_mean", "ridge"]
     assert best["cosine"] == max(baselines, key=lambda b: on_disk[b]["val"]["cosine_mean"])
@@ -83,11 +88,11 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
     assert "ridge at k=1, 2" in table and " s to this stage" not in table  # its time: logs/evaluate.jsonl
     # the headline: the figures of evaluate.json that say which experiment is better, nothing else
     headline = json.loads((trained / "metrics/headline.json").read_text())
-    assert list(headline) == ["best_baseline", *EXPERIMENTS.values()]
+    assert list(headline) == ["best_baseline", *LABELS]
     assert headline["best_baseline"] == {
         "cosine": best["cosine"], "test_cosine": results[best["cosine"]]["test"]["cosine_mean"],
         "mrr": best["mrr"], "test_cand_mrr": results[best["mrr"]]["test"]["cand_mrr"]}
-    for model in EXPERIMENTS.values():
+    for model in LABELS:
         t = results[model]["test"]
         assert headline[model]["test_cosine"] == t["cosine_mean"]
         assert headline[model]["cosine_diff_ci_low"] == t["vs_best_baseline"]["cosine_diff_ci_low"]

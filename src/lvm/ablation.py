@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from lvm.entry import stage
-from lvm.config import DATA_DIR, load_params
+from lvm.config import load_params
+from lvm.pipeline import windows_dir
 from lvm.data import WindowDataset
 from lvm.io import write_json, write_text
 
@@ -192,13 +193,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gru")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data-dir", default=DATA_DIR)
+    ap.add_argument("--data-dir", help="the windows' directory (default: dvc.yaml's vars: windows)")
     ap.add_argument("--data-scale", action="store_true", help="train on 25/50/100%% of the train articles")
     ap.add_argument("--only", nargs="*", help="lever names to run (default: all)")
     ap.add_argument("--out-dir", default="metrics")
     ap.add_argument("--plots-dir", default="plots")
     args = ap.parse_args(argv)
     p = load_params(args.params)
+    args.data_dir = args.data_dir or windows_dir()
     torch.set_num_threads(p["train"]["threads"] or torch.get_num_threads())
     ref = reference(p, args.data_dir)
     rows = []

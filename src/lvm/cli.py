@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from lvm.config import DATA_DIR, load_params
+from lvm.config import load_params
 from lvm.entry import stage
 
 
@@ -24,7 +24,7 @@ def main(argv=None):
     ins.add_argument("--windows", type=int, default=3, help="windows of the article, evenly spaced (3)")
     ins.add_argument("--k", type=int, default=5, help="nearest corpus chunks per prediction (5)")
     ins.add_argument("--split", choices=("test", "val", "train"), default="test")
-    ins.add_argument("--data-dir", default=DATA_DIR)
+    ins.add_argument("--data-dir", help="the windows' directory (default: dvc.yaml's vars: windows)")
     ins.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 

@@ -20,10 +20,8 @@ import yaml
 from lvm import LvmError
 
 PARAMS_FILE = "params.yaml"
-# the exported windows every train stage reads, and experiment -> the model its train_<experiment>
-# stage trains (dvc.yaml's stages; evaluate and analyze read their checkpoints)
-DATA_DIR = "data/ctx100"
-EXPERIMENTS = {"baseline": "gru", "hierarchical": "hierarchical_gru", "memory": "memory_gru"}
+# sections an experiment's overrides may change (the ones its train stage reads)
+OVERRIDABLE = ("model", "train")
 
 DEFAULTS: dict = {
     "data": {
@@ -99,6 +97,11 @@ DEFAULTS: dict = {
         # per-position curve: test cosine from the last k context vectors; k > L dropped, L always added
         "curve_k": [1, 2, 5, 10, 20, 50, 100],
     },
+    # experiment -> keys of the model/train sections its train_<experiment> stage trains with instead
+    # of the shared ones (`for_experiment`); only the experiments listed here take overrides
+    "overrides": {
+        "retrieval": {"model": {"anchor": "last"}, "train": {"loss": "infonce"}},
+    },
 }
 
 CHOICES = {
@@ -154,7 +157,9 @@ def _merge(defaults: dict, given: dict, prefix: str) -> dict:
         if key not in defaults:
             _fail(name, f"unknown key (known: {', '.join(defaults)})")
         default = defaults[key]
-        if isinstance(default, dict):
+        if prefix == "overrides." and isinstance(value, dict):
+            out[key] = _merge_override(default, value, name)
+        elif isinstance(default, dict):
             if not isinstance(value, dict):
                 _fail(name, f"expected a mapping, got {value!r}")
             out[key] = _merge(default, value, name + ".")
@@ -166,6 +171,39 @@ def _merge(defaults: dict, given: dict, prefix: str) -> dict:
             except ValueError as e:
                 raise LvmError(f"params: {name}: {e}") from None
     return out
+
+
+def _merge_override(default: dict, given: dict, name: str) -> dict:
+    """An experiment's overrides: shipped ones, then the user's; each key one of the shared section's."""
+    out = copy.deepcopy(default)
+    for section, keys in given.items():
+        if section not in OVERRIDABLE:
+            _fail(f"{name}.{section}", f"unknown section (an experiment overrides only {', '.join(OVERRIDABLE)})")
+        if not isinstance(keys, dict):
+            _fail(f"{name}.{section}", f"expected a mapping, got {keys!r}")
+        for key, value in keys.items():
+            if key not in DEFAULTS[section] or isinstance(DEFAULTS[section][key], dict):
+                _fail(f"{name}.{section}.{key}", f"unknown key (known: {', '.join(DEFAULTS[section])})")
+            try:
+                out.setdefault(section, {})[key] = _coerce(DEFAULTS[section][key], value)
+            except ValueError as e:
+                raise LvmError(f"params: {name}.{section}.{key}: {e}") from None
+    return out
+
+
+def for_experiment(p: dict, experiment: str) -> dict:
+    """Validated params `p` with the model/train keys of `overrides.<experiment>` in place of the
+    shared ones (an experiment without overrides: `p` unchanged)."""
+    changes = p.get("overrides", {}).get(experiment)
+    if not changes:
+        return p
+    out = copy.deepcopy(p)
+    for section, keys in changes.items():
+        out[section].update(keys)
+    try:
+        return _validate(out)
+    except LvmError as e:  # name where the value came from: "params: overrides.retrieval: train.loss: ..."
+        raise LvmError(str(e).replace("params: ", f"params: overrides.{experiment}: ", 1)) from None
 
 
 def _coerce(default, value):
@@ -191,6 +229,13 @@ def _coerce(default, value):
 
 
 def validate(p: dict) -> dict:
+    _validate(p)
+    for experiment in p.get("overrides", {}):  # a bad override fails now, not when its stage runs
+        for_experiment(p, experiment)
+    return p
+
+
+def _validate(p: dict) -> dict:
     import math
 
     data, export, model, train = p["data"], p["export"], p["model"], p["train"]

@@ -30,8 +30,11 @@ def stage(fn):
     return wrapper
 
 
-def stage_main(run, description: str | None = None):
-    """`main(argv)` for `python -m lvm.stages.<name> [--params FILE]`: validated params -> run(params)."""
+def stage_main(run, description: str | None = None, data: str | None = None):
+    """`main(argv)` for `python -m lvm.stages.<name> [--params FILE]`: validated params -> run(params).
+
+    data="data_dir": the stage also takes a required `--data DIR`, the windows' directory dvc.yaml
+    names once (`${windows}`), passed on as run(params, data_dir=DIR)."""
 
     @stage
     def main(argv=None):
@@ -39,6 +42,9 @@ def stage_main(run, description: str | None = None):
 
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("--params", default="params.yaml")
-        run(load_params(parser.parse_args(argv).params))
+        if data:
+            parser.add_argument("--data", required=True, metavar="DIR", help="the windows' directory (dvc.yaml: ${windows})")
+        args = parser.parse_args(argv)
+        run(load_params(args.params), **({data: args.data} if data else {}))
 
     return main

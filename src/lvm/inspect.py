@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from lvm import LvmError
-from lvm.config import DATA_DIR
 from lvm.data import WindowDataset
 from lvm.io import NpzReader
 
@@ -277,7 +276,7 @@ def hierarchy_saliency(model, ds: WindowDataset, batch_size: int = 64) -> dict:
 
 
 def inspect_command(p: dict, model_paths: list[str], article: int | None, n_windows: int = 3, k: int = 5,
-                    split: str = "test", data_dir: str = DATA_DIR) -> str:
+                    split: str = "test", data_dir: str | None = None) -> str:
     """What `lvm inspect` prints: the split's articles (no --article) or decoded predictions."""
     from lvm.checkpoints import load_model
     from lvm.hardware import resolve_device, resolve_precision
@@ -286,7 +285,9 @@ def inspect_command(p: dict, model_paths: list[str], article: int | None, n_wind
     for flag, value in (("--windows", n_windows), ("--k", k)):
         if value < 1:
             raise LvmError(f"{flag}: must be >= 1, got {value}")
-    ds = WindowDataset(Path(data_dir) / f"{split}.npz")
+    from lvm.pipeline import windows_dir
+
+    ds = WindowDataset(Path(data_dir or windows_dir()) / f"{split}.npz")
     corpus = load_corpus_text(p["data"]["vectors"], p["data"]["trust_pickle"])
     if article is None:
         ids, counts = np.unique(ds.window_articles(), return_counts=True)

@@ -78,8 +78,10 @@ def collect(show: list, min_target_position: int | None = None) -> dict:
         if rev["state"] != "success" or not ev or L is None or rev.get("error"):
             skipped.append(f"{name}: {rev['state']}, not finished with evaluate metrics")
             continue
-        train = {k: _get(data, "metrics", f"metrics/train_{k}.json", "data") or {}
-                 for k in ("baseline", "hierarchical", "memory")}
+        # every train stage's metrics, whichever experiments the run's dvc.yaml had
+        train = {path[len("metrics/train_"):-len(".json")]: (m or {}).get("data") or {}
+                 for path, m in (data.get("metrics") or {}).items()
+                 if path.startswith("metrics/train_") and path.endswith(".json")}
         found.append({"name": name, "L": int(L), "P": int(P), "evaluate": _predictors_only(ev), "train": train,
                       "timestamp": data.get("timestamp") or "", "params": params})
     if not found:

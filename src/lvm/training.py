@@ -1,7 +1,7 @@
 """One training loop for every model: resume, validation, early stopping, DVCLive curves, and the
 outputs (best.pt, final.pt, metrics/train_<experiment>.json, dvclive/<experiment>) published together.
 
-    metrics = run(params, "gru", "baseline")      # what `python -m lvm.stages.train` runs
+    metrics = run(params, "gru", "baseline", "data/ctx100")   # what `python -m lvm.stages.train` runs
 
 Runs data-parallel (DistributedDataParallel) when started by torchrun: every rank trains on its
 share of the same global batches and rank 0 writes the outputs.
@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from lvm import LvmError
 from lvm.checkpoints import RESUME_FIX, resume_checkpoint, save_checkpoint, untimed
-from lvm.config import DATA_DIR
 from lvm.data import WindowDataset, check_same_export, should_mmap
 from lvm.distributed import all_sum, dist_env, init_distributed
 from lvm.hardware import autocast, resolve_device, resolve_precision
@@ -38,7 +37,7 @@ from lvm.models.base import fit_normalizer
 from lvm.runtime import set_seed, set_threads
 
 
-def run(p: dict, model_name: str, experiment: str, data_dir: str = DATA_DIR,
+def run(p: dict, model_name: str, experiment: str, data_dir: str,
         models_dir: str = "models", metrics_dir: str = "metrics", live_dir: str = "dvclive",
         progress: bool = True) -> dict:
     """Train `model_name` with validated params `p` into models_dir/experiment; the run's metrics
@@ -417,7 +416,7 @@ def run_metrics(model_name, n_params, model, train_ds, val_ds, cfg, state: Progr
         "best_val_cosine": round(best["cosine"], 6),
         "final_val_cosine": round(history[-1]["val_cosine"], 6) if history else None,
         "train_windows": len(train_ds), "val_windows": len(val_ds),
-        "targets": cfg["targets"], "unique_train_targets": unique_targets,
+        "loss": cfg["loss"], "targets": cfg["targets"], "unique_train_targets": unique_targets,
         "train_targets_seen": state.seen * per_window,
         "target_passes": round(state.seen * per_window / unique_targets, 3),
         "best_target_passes": round(best.get("target_passes", 0.0), 3),

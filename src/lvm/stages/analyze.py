@@ -12,7 +12,7 @@ import numpy as np
 
 from lvm import LvmError
 from lvm.checkpoints import load_model
-from lvm.config import DATA_DIR, EXPERIMENTS
+from lvm.pipeline import experiments as pipeline_experiments
 from lvm.entry import stage_main
 from lvm.data import WindowDataset
 from lvm.inspect import hierarchy_saliency, load_corpus_text, memory_slot_stats, slot_neighbours
@@ -26,20 +26,26 @@ PLOTS = "plots"
 TOP_SLOTS, SLOT_TEXTS = 5, 3
 
 
-def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_memory: str = OUT_MEMORY,
-        out_hierarchy: str = OUT_HIERARCHY, out_md: str = OUT_MD, plots_dir: str = PLOTS) -> dict:
+def run(p: dict, data_dir: str, models_dir: str = "models", out_memory: str = OUT_MEMORY,
+        out_hierarchy: str = OUT_HIERARCHY, out_md: str = OUT_MD, plots_dir: str = PLOTS,
+        experiments: dict | None = None) -> dict:
+    """The analyses of the memory and hierarchical experiments (`experiments`: {experiment: model},
+    default dvc.yaml's train_* stages)."""
     from lvm.plots import hierarchy_figure, memory_slots_figure
 
     set_threads(p["train"]["threads"])
     batch = min(p["evaluate"]["batch_size"], 64)  # per-step read weights are [batch, L, slots]
     test = WindowDataset(Path(data_dir) / "test.npz")
     models = {}
+    experiments = pipeline_experiments() if experiments is None else experiments
     for experiment in ("memory", "hierarchical"):
+        if experiment not in experiments:
+            raise LvmError(f"dvc.yaml: no train_{experiment} stage (analyze reads its model)")
         path = Path(models_dir) / experiment / "best.pt"
         if not path.is_file():
             raise LvmError(f"{path}: missing; run `dvc repro train_{experiment}`")
         # the experiment's own model (the analyses are model-specific), of the test split's D and L
-        models[experiment] = load_model(path, expect_name=EXPERIMENTS[experiment], data=test, device="cpu")
+        models[experiment] = load_model(path, expect_name=experiments[experiment], data=test, device="cpu")
     try:
         corpus = load_corpus_text(p["data"]["vectors"], p["data"]["trust_pickle"])
     except LvmError as e:
@@ -113,7 +119,7 @@ def summary_markdown(memory: dict, hierarchy: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-main = stage_main(run, __doc__)
+main = stage_main(run, __doc__, data="data_dir")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from lvm.io import log_run, write_json, write_text
 from lvm.metrics import (MIN_CI_ARTICLES, context_max_cosine, cosine, evaluate_predictions, group_ci,
                          interval_verdict, paired_difference)
 from lvm.checkpoints import load_model, predict
-from lvm.config import DATA_DIR, EXPERIMENTS
+from lvm.pipeline import experiments as pipeline_experiments, labels
 from lvm.hardware import resolve_device, resolve_precision
 from lvm.runtime import set_threads
 
@@ -165,11 +165,15 @@ def warn_few_articles(split: str, n_articles: int) -> str | None:
     return msg
 
 
-def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json: str = OUT_JSON,
+def run(p: dict, data_dir: str, models_dir: str = "models", out_json: str = OUT_JSON,
         out_md: str = OUT_MD, plots_dir: str = PLOTS, live_dir: str = "dvclive",
         out_sample: str | None = OUT_SAMPLE, out_curve: str = OUT_CURVE,
-        out_headline: str = OUT_HEADLINE) -> dict:
+        out_headline: str = OUT_HEADLINE, experiments: dict | None = None) -> dict:
+    """Score every experiment ({experiment: model}; default: dvc.yaml's train_* stages) and every
+    baseline; each experiment is reported under its label (lvm.pipeline.labels: gru, ..., gru_retrieval)."""
     cfg = p["evaluate"]
+    experiments = pipeline_experiments() if experiments is None else experiments
+    label = labels(experiments)  # experiment -> the name it is reported under
     set_threads(p["train"]["threads"])
     device = resolve_device(p["train"]["device"])
     datasets = {s: WindowDataset(Path(data_dir) / f"{s}.npz") for s in ("train", *EVAL_SPLITS)}
@@ -181,12 +185,12 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
                 if (w := warn_few_articles(s, int(np.unique(datasets[s].window_articles()).size)))]
     results, per_window, test_preds = {}, {}, {}
     models = {}  # loaded and checked first: a wrong checkpoint fails before any work is done
-    for experiment, model_name in EXPERIMENTS.items():  # reported under the model's name
+    for experiment, model_name in experiments.items():
         path = Path(models_dir) / experiment / "best.pt"
         if not path.is_file():
             raise LvmError(f"{path}: missing; run `dvc repro train_{experiment}`")
         # it must hold this experiment's model, trained on vectors of this D and windows of this L
-        models[model_name] = load_model(path, expect_name=model_name, data=datasets["test"], device=device)
+        models[label[experiment]] = load_model(path, expect_name=model_name, data=datasets["test"], device=device)
     baselines = fit_baselines(cfg, datasets["train"])
     predictors = {name: (lambda ds, b=b: predict_batches(b, context_chunks(ds, cfg["batch_size"])))
                   for name, b in baselines.items()}
@@ -222,7 +226,7 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
               f"dir {t['directional_mean']:+.4f}")
     out = {"best_baseline": best, **results}
     write_json(out_json, out)
-    write_json(out_headline, headline(out, list(EXPERIMENTS.values())))
+    write_json(out_headline, headline(out, list(models)))
 
     t0 = time.perf_counter()
     grid = curve_grid(cfg["curve_k"], datasets["test"].context_length)
@@ -235,12 +239,12 @@ def run(p: dict, data_dir: str = DATA_DIR, models_dir: str = "models", out_json:
     log_run("evaluate", {"seconds_context_curve": round(curve_seconds, 1), "predictors": len(predictors),
                          "curve_windows": curve["n_windows"]})
 
-    table = results_table(results, list(baselines), list(EXPERIMENTS.values()), best, curve=curve,
+    table = results_table(results, list(baselines), list(models), best, curve=curve,
                           warnings=warnings)
     write_text(out_md, table)
     from lvm.plots import make_figures
 
-    make_figures(results, per_window, list(baselines), EXPERIMENTS, plots_dir, live_dir, best=best, curve=curve)
+    make_figures(results, per_window, list(baselines), label, plots_dir, live_dir, best=best, curve=curve)
     if out_sample:
         write_text(out_sample, inspect_sample(p, datasets["test"], models, device))
     return out
@@ -396,7 +400,7 @@ def headline(evaluation: dict, models: list[str]) -> dict:
     return out
 
 
-main = stage_main(run, __doc__)
+main = stage_main(run, __doc__, data="data_dir")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ from lvm.entry import stage_main
 from lvm.data import export_windows, load_corpus
 from lvm.io import atomic_outputs, log_run, write_json
 
-OUT_DIR = "data/ctx100"
-METADATA = f"{OUT_DIR}/metadata_ctx100.json"
+METADATA = "metadata_ctx100.json"  # inside the output directory, beside the splits
 
 
-def run(p: dict, out_dir: str = OUT_DIR, metadata: str = METADATA) -> dict:
+def run(p: dict, out_dir: str, metadata: str | None = None) -> dict:
+    """Windows of p's vectors into out_dir (dvc.yaml's ${windows}): train/val/test.npz and METADATA."""
     data, export = p["data"], p["export"]
+    metadata = metadata or f"{out_dir}/{METADATA}"
     t0 = time.perf_counter()
     corpus = load_corpus(data["vectors"], data["trust_pickle"], data["stream_block"])
     for note in corpus.notes:
@@ -35,7 +36,7 @@ def run(p: dict, out_dir: str = OUT_DIR, metadata: str = METADATA) -> dict:
     return meta
 
 
-main = stage_main(run, __doc__)
+main = stage_main(run, __doc__, data="out_dir")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """The train_* stages: one model trained into models/<experiment>/ (lvm.training does the work).
 
-    python -m lvm.stages.train --model lstm --experiment lstm     # any of the six models
-    dvc repro train_baseline                                      # the stages run the same command
+    python -m lvm.stages.train --model lstm --experiment lstm --data data/ctx100   # any of the six models
+    dvc repro train_baseline                                      # dvc.yaml's stages run the same command
+
+The run reads the params of the experiment: params.yaml's model/train sections with the keys of
+`overrides.<experiment>` (if it has any) in their place, e.g. train_retrieval's gru.
 
 With train.nproc > 1 the command relaunches itself through torchrun on this node and the same loop
 runs data-parallel (DistributedDataParallel); it can also be started by torchrun directly:
 
-    torchrun --nproc-per-node 4 -m lvm.stages.train --model gru --experiment baseline
+    torchrun --nproc-per-node 4 -m lvm.stages.train --model gru --experiment baseline --data data/ctx100
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lvm.config import DATA_DIR, load_params
+from lvm.config import for_experiment, load_params
 from lvm.data import WindowDataset
 from lvm.entry import stage
 from lvm.models import MODEL_NAMES
@@ -28,16 +31,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--experiment", help="output name under models/, metrics/, dvclive/ (default: model)")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="the exported windows (train.npz, val.npz): dvc.yaml's ${windows}")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    p = load_params(args.params)
+    experiment = args.experiment or args.model
+    p = for_experiment(load_params(args.params), experiment)
     nproc = p["train"]["nproc"]
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: relaunch through it
         for split in ("train", "val"):  # bad input fails here with one error line, before any launch
-            WindowDataset(Path(DATA_DIR) / f"{split}.npz", mmap=True)
+            WindowDataset(Path(args.data) / f"{split}.npz", mmap=True)
         sys.exit(launch(nproc, p["train"]["threads"], sys.argv[1:] if argv is None else argv))
-    run(p, args.model, args.experiment or args.model, progress=not args.no_progress)
+    run(p, args.model, experiment, data_dir=args.data, progress=not args.no_progress)
 
 
 def launch(nproc: int, threads: int, argv: list[str]) -> int:
