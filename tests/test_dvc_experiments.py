@@ -133,3 +133,13 @@ def test_every_stage_imports_the_workspace_code():
     # not the code it was queued with
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert all(s["cmd"].startswith("PYTHONPATH=src python -m lvm.") for s in stages.values())
+
+
+def test_an_experiments_override_reruns_only_its_stage(repo):
+    # overrides.retrieval is declared by train_retrieval alone: the other train stages stay cached
+    out = sh(repo, "dvc", "exp", "run", "-S", "overrides.retrieval.train.epochs=2")
+    for stage in ("train_retrieval", "evaluate"):
+        assert f"Running stage '{stage}'" in out, out
+    for stage in ("train_baseline", "train_hierarchical", "train_memory", "analyze"):
+        assert f"Running stage '{stage}'" not in out, out
+    assert json.loads((repo / "metrics/train_retrieval.json").read_text())["epochs"] == 2

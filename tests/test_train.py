@@ -217,6 +217,18 @@ def test_infonce_ignores_near_duplicate_negatives():
     assert masked < unmasked - 0.1
 
 
+def test_near_duplicates_is_the_dense_definition():
+    from lvm.losses import near_duplicates
+    g = torch.Generator().manual_seed(0)
+    for n, span in ((1, 5), (7, 4), (300, 60), (3200, 25000)):
+        rows = torch.randint(0, span, (n,), generator=g)  # repeats, neighbours and article edges
+        articles = rows // 17
+        dense = (articles[:, None] == articles[None, :]) & ((rows[:, None] - rows[None, :]).abs() <= 2)
+        assert torch.equal(near_duplicates(rows, articles), dense.fill_diagonal_(False)), n
+        assert torch.equal(near_duplicates(rows, articles, radius=0),
+                           ((articles[:, None] == articles[None, :]) & (rows[:, None] == rows[None, :])).fill_diagonal_(False))
+
+
 def test_article_fraction_trains_on_a_seeded_share_of_train_articles(tmp_path, data_dir):
     full, _ = train(tmp_path, data_dir, "full", epochs=1)
     half, _ = train(tmp_path, data_dir, "half", epochs=1, article_fraction=0.5)
