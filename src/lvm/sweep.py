@@ -117,9 +117,12 @@ def check_same_targets(runs: list[dict]) -> None:
 
 
 def predictors(runs: list[dict]) -> tuple[list[str], list[str]]:
+    from lvm.baselines import make_baselines
+
     ev = runs[0]["evaluate"]
-    models = [n for n in ("gru", "hierarchical_gru", "memory_gru") if n in ev]
-    baselines = [n for n in ev if n not in models]
+    known = set(make_baselines())  # every other predictor is an experiment's model (gru_retrieval too)
+    baselines = [n for n in ev if n in known]
+    models = [n for n in ev if n not in known]
     return baselines, models
 
 
