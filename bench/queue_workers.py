@@ -6,7 +6,7 @@
 Builds a throwaway DVC project in a temporary directory (this repository's src/ and the exported
 windows of data/ctx100, DVC-tracked), one stage that trains the gru of train_baseline for
 `--epochs` epochs of train.max_train_windows windows, and queues `--experiments` experiments that
-differ only in train.seed. The same queue is then run with one worker (`-j 1`, train.threads 0),
+differ only in train.seed (other seeds for each setting: DVC's run cache would restore a repeat). The same queue is then run with one worker (`-j 1`, train.threads 0),
 two workers with train.threads 0 (each process takes every core: 4 threads on 2 cores), and two
 workers with train.threads 1. Reported: the wall time from `dvc queue start` until every queued
 experiment has finished, per setting, and the ratios to `-j 1` measured in the same invocation.
@@ -61,15 +61,32 @@ def project(root: Path, data_dir: Path, epochs: int, env: dict) -> None:
     sh(root, "git", "-c", "user.email=b@b", "-c", "user.name=bench", "commit", "-qm", "bench", env=env)
 
 
-def run_queue(root: Path, workers: int, threads: int, n: int, env: dict) -> dict:
-    for seed in range(1, n + 1):
+def trainings_running() -> int:
+    """Processes of this machine running a train stage now (the queue's experiments, side by side or not)."""
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            count += b"-m\x00lvm.stages.train\x00" in cmdline.read_bytes()  # the python, not its sh -c
+        except OSError:  # the process ended while we looked
+            pass
+    return count
+
+
+def run_queue(root: Path, workers: int, threads: int, n: int, env: dict, first_seed: int) -> dict:
+    # seeds differ between settings too: DVC's run cache would restore a repeated experiment at once
+    for seed in range(first_seed, first_seed + n):
         sh(root, "dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}", "-S", f"train.threads={threads}", env=env)
     t0 = time.perf_counter()
-    sh(root, "dvc", "queue", "start", "-j", str(workers), env=env)
+    # not through a pipe: the workers it spawns inherit it, and reading to its end would wait for them
+    subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True, timeout=600)
+    most_running = 0
     while True:
-        time.sleep(2)
+        for _ in range(8):
+            time.sleep(0.25)
+            most_running = max(most_running, trainings_running())
         status = sh(root, "dvc", "queue", "status", env=env, check=False)
-        rows = [line for line in status.splitlines()[1:] if line.strip()]
+        rows = [line for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker status")]
         if rows and not any(w in line for line in rows for w in ("Queued", "Running")):
             break
     seconds = time.perf_counter() - t0
@@ -79,7 +96,9 @@ def run_queue(root: Path, workers: int, threads: int, n: int, env: dict) -> dict
     sh(root, "dvc", "queue", "remove", "--all", env=env, check=False)
     if done != n:
         raise SystemExit(f"-j {workers}: {done} of {n} experiments succeeded:\n{status}")
-    return {"seconds": round(seconds, 1), "succeeded": done}
+    if most_running < min(workers, n):  # a setting that never ran its workers side by side measures nothing
+        raise SystemExit(f"-j {workers}: at most {most_running} experiment(s) ran at once:\n{status}")
+    return {"seconds": round(seconds, 1), "succeeded": done, "most_running_at_once": most_running}
 
 
 def main(argv=None) -> None:
@@ -95,11 +114,13 @@ def main(argv=None) -> None:
     env.pop("OMP_WAIT_POLICY", None)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "proj"
-        root.mkdir()
-        project(root, Path(args.data), args.epochs, env)
-        for label, workers, threads in SETTINGS:
-            r = run_queue(root, workers, threads, args.experiments, env)
+        for k, (label, workers, threads) in enumerate(SETTINGS):
+            # a fresh project per setting: DVC names its queue workers after the project directory and
+            # skips starting one whose name it still sees registered from the previous setting
+            root = Path(tmp) / f"proj{k}"
+            root.mkdir()
+            project(root, Path(args.data), args.epochs, env)
+            r = run_queue(root, workers, threads, args.experiments, env, first_seed=1 + 100 * k)
             rows.append({"setting": label, "workers": workers, "threads": threads, **r})
             print(f"{label}: {r['seconds']} s for {args.experiments} experiments", flush=True)
     ref = rows[0]["seconds"]

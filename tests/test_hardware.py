@@ -50,3 +50,35 @@ def test_usable_cpus_follows_the_affinity_mask():
     finally:
         os.sched_setaffinity(0, before)
     assert hardware.usable_cpus() <= len(before)
+
+
+def test_queue_workers_are_counted_from_their_command_line():
+    import subprocess
+    import sys
+
+    before = hardware.queue_workers()
+    # what `dvc queue start` runs: `dvc exp queue-worker NAME` (here a sleeping python with those args)
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "exp", "queue-worker", "w1"])
+    try:
+        import time
+        time.sleep(0.3)
+        assert hardware.queue_workers() == before + 1
+    finally:
+        fake.kill()
+        fake.wait()
+    assert hardware.queue_workers() == before
+
+
+def test_threads_0_shares_the_cpus_among_queue_workers_only_inside_an_experiment(monkeypatch):
+    from lvm import runtime
+
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(runtime, "queue_workers", lambda: 2)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert runtime.default_threads() == 8 and runtime.default_threads(processes=2) == 4  # dvc repro: all
+    monkeypatch.setenv("DVC_EXP_NAME", "sunny-cat")  # a queued (or `dvc exp run`) experiment
+    assert runtime.default_threads() == 4 and runtime.default_threads(processes=2) == 2
+    monkeypatch.setattr(runtime, "queue_workers", lambda: 0)  # `dvc exp run` in the workspace, no queue
+    assert runtime.default_threads() == 8
+    monkeypatch.setattr(runtime, "queue_workers", lambda: 16)
+    assert runtime.default_threads() == 1

@@ -60,6 +60,20 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def queue_workers() -> int:
+    """DVC experiment-queue workers running on this machine (`dvc queue start -j N` starts N, each
+    running one experiment at a time), counted from /proc (0 elsewhere)."""
+    from pathlib import Path
+
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            count += b"exp\x00queue-worker\x00" in cmdline.read_bytes()
+        except OSError:  # the process ended while we looked
+            pass
+    return count
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (containers,
     `docker --cpus`), not the host's os.cpu_count()."""

@@ -427,6 +427,8 @@ def run_metrics(model_name, n_params, model, train_ds, val_ds, cfg, state: Progr
         # the first epoch whose val cosine exceeded its value before training (null: never)
         "epochs_to_beat_start": next((r["epoch"] for r in history if r["val_cosine"] > start_cos), None),
         "device": str(device), "precision": cfg["precision"], "processes": world,
+        # train.threads as resolved (0 = default_threads): on CPU the thread count can move the last digits
+        "threads": torch.get_num_threads(),
     }
 
 
