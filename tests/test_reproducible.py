@@ -23,12 +23,19 @@ EXPORT_OUTS = ["data/ctx100/train.npz", "data/ctx100/val.npz", "data/ctx100/test
 
 
 def declared_outputs(root: Path) -> list[str]:
-    """Every path dvc.yaml declares as a stage's outs, metrics or plots (folders expanded to files)."""
+    """Every path dvc.yaml declares as a stage's outs, metrics or plots (folders expanded to files),
+    with dvc.yaml's own vars (`${windows}`) filled in as DVC does."""
+    import re
+
+    from lvm.pipeline import variables
+
+    names = variables(root / "dvc.yaml")
     paths = []
     for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
-                paths.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+                path = next(iter(entry)) if isinstance(entry, dict) else entry
+                paths.append(re.sub(r"\$\{(\w+)\}", lambda m: str(names[m.group(1)]), path))
     files = []
     for p in paths:
         full = root / p
