@@ -147,7 +147,7 @@ def train(work: Path, nproc: int, cold: bool, args) -> dict:
     env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="true", LVM_LOG_DIR=str(work / "logs"))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "bench", "--data", "data/ctx100",
+    proc = subprocess.Popen([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "bench", "--data", "data/ctx100", "--models", "models", "--metrics", "metrics", "--live", "dvclive",
                              "--no-progress"], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     poller = Poller(proc.pid)

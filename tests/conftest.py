@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bz2
 import os
+import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -95,13 +96,27 @@ def write_params(path, overrides: dict | None = None, base: dict = TINY_PARAMS) 
     return path
 
 
-# stages that take the windows' directory (dvc.yaml passes `--data ${windows}`)
-DATA_STAGES = {"lvm.stages.export_ctx100", "lvm.stages.evaluate", "lvm.stages.analyze"}
+def stage_args(stage: str) -> list[str]:
+    """The arguments dvc.yaml's `stage` passes to its module (after `python -m lvm.stages.X`), its
+    ${vars} filled: tests run a stage with the very paths the pipeline gives it."""
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    variables = {k: v for entry in dvc_yaml.get("vars", []) for k, v in entry.items()}
+    cmd = dvc_yaml["stages"][stage]["cmd"]
+    for k, v in variables.items():
+        cmd = cmd.replace("${" + k + "}", str(v))
+    argv = shlex.split(cmd)
+    return argv[argv.index("-m") + 2:]
+
+
+def module_args(module: str) -> list[str]:
+    """stage_args of the first dvc.yaml stage that runs `module`."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stage = next(name for name, s in stages.items() if f"-m {module} " in s["cmd"] + " ")
+    return stage_args(stage)
 
 
 def run_stage(module: str, params: Path, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    data = ["--data", "data/ctx100"] if module in DATA_STAGES else []
-    return subprocess.run([sys.executable, "-m", module, "--params", str(params), *data], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", module, "--params", str(params), *module_args(module)], cwd=cwd,
                           env=stage_env(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, stage_env, write_vectors
+from conftest import REPO, stage_args, stage_env, write_vectors
 from lvm.models import create_model
 from lvm.checkpoints import load_checkpoint
 from lvm.pipeline import experiments
@@ -174,12 +174,12 @@ CASES = {
 
 def _run_evaluate(root):
     from lvm.stages import evaluate
-    evaluate.main(["--params", str(root / "params.yaml"), "--data", "data/ctx100"])
+    evaluate.main(["--params", str(root / "params.yaml"), *stage_args("evaluate")])
 
 
 def _run_analyze(root):
     from lvm.stages import analyze
-    analyze.main(["--params", str(root / "params.yaml"), "--data", "data/ctx100"])
+    analyze.main(["--params", str(root / "params.yaml"), *stage_args("analyze")])
 
 
 def _run_inspect(root):
@@ -190,7 +190,7 @@ def _run_inspect(root):
 
 def _run_resume(root):
     from lvm.stages import train
-    train.main(["--model", "gru", "--experiment", "baseline", "--data", "data/ctx100", "--params", str(root / "resume.yaml"), "--no-progress"])
+    train.main([*stage_args("train_baseline"), "--params", str(root / "resume.yaml"), "--no-progress"])
 
 
 def _test_article(root) -> int:
@@ -201,14 +201,14 @@ def _test_article(root) -> int:
 # consumer -> (its checkpoint, where another model's checkpoint comes from, entry point, argv of its subprocess)
 CONSUMERS = {
     "evaluate": ("models/baseline/best.pt", "models/hierarchical/best.pt", _run_evaluate,
-                 ["-m", "lvm.stages.evaluate", "--params", "params.yaml", "--data", "data/ctx100"]),
+                 ["-m", "lvm.stages.evaluate", "--params", "params.yaml", *stage_args("evaluate")]),
     "analyze": ("models/memory/best.pt", "models/baseline/best.pt", _run_analyze,
-                ["-m", "lvm.stages.analyze", "--params", "params.yaml", "--data", "data/ctx100"]),
+                ["-m", "lvm.stages.analyze", "--params", "params.yaml", *stage_args("analyze")]),
     "inspect": ("models/baseline/best.pt", None, _run_inspect,
                 ["-m", "lvm.cli", "inspect", "--model", "models/baseline/best.pt", "--article", "ARTICLE",
                  "--params", "params.yaml"]),
     "resume": ("models/baseline/last.pt", "models/memory/last.pt", _run_resume,
-               ["-m", "lvm.stages.train", "--model", "gru", "--experiment", "baseline", "--data", "data/ctx100", "--params", "resume.yaml",
+               ["-m", "lvm.stages.train", *stage_args("train_baseline"), "--params", "resume.yaml",
                 "--no-progress"]),
 }
 
@@ -360,7 +360,7 @@ def test_interrupted_run_keeps_outputs_and_resumes_from_last_finished_epoch(proj
     before = outputs_of(project)
     (project / "long.yaml").write_text(yaml.safe_dump(merge_train(project, epochs=1000)))
     env = {**stage_env(), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "baseline", "--data", "data/ctx100",
+    proc = subprocess.Popen([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "baseline", "--data", "data/ctx100", "--models", "models", "--metrics", "metrics", "--live", "dvclive",
                              "--params", "long.yaml", "--no-progress"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a shell's background job (CI scripts run with `&`) starts with SIGINT ignored,
@@ -410,7 +410,7 @@ def test_missing_or_broken_train_split_keeps_last_pt_and_curves(project, monkeyp
         np.savez(split, **arrays)
     monkeypatch.chdir(project)
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--model", "gru", "--experiment", "baseline", "--data", "data/ctx100", "--params", "fresh.yaml", "--no-progress"])
+        train.main([*stage_args("train_baseline"), "--params", "fresh.yaml", "--no-progress"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("error:") == 1 and "train.npz" in err
     now = {**outputs_of(project), "models/baseline/last.pt": (project / "models/baseline/last.pt").read_bytes()}

@@ -84,7 +84,7 @@ def test_two_gloo_processes_match_one_process_and_only_rank0_writes(tmp_path, da
     before = [files(d) for d in dirs]
     env = {**stage_env(), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}
-    procs = [subprocess.Popen([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "exp", "--data", "data/ctx100",
+    procs = [subprocess.Popen([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "exp", "--data", "data/ctx100", "--models", "models", "--metrics", "metrics", "--live", "dvclive",
                                "--no-progress"], cwd=d, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r, d in enumerate(dirs)]
@@ -102,7 +102,7 @@ def test_two_gloo_processes_match_one_process_and_only_rank0_writes(tmp_path, da
 def test_nproc_relaunches_through_torchrun_and_resumes(tmp_path, data_dir, single):
     """train.nproc: 2 with an unchanged command; a 1-epoch run resumed to 2 epochs, both under DDP."""
     d = workdir(tmp_path, data_dir, **{**DDP, "epochs": 1, "nproc": 2})
-    cmd = [sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "exp", "--data", "data/ctx100", "--no-progress"]
+    cmd = [sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "exp", "--data", "data/ctx100", "--models", "models", "--metrics", "metrics", "--live", "dvclive", "--no-progress"]
     r = subprocess.run(cmd, cwd=d, env=stage_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "torch.distributed.run --standalone --nproc-per-node=2" in r.stdout

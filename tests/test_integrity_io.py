@@ -281,7 +281,7 @@ def test_train_stage_refuses_broken_split_in_one_line(tmp_path, damage):
 
     from conftest import stage_env
 
-    r = subprocess.run([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "x", "--data", "data/ctx100",
+    r = subprocess.run([sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "x", "--data", "data/ctx100", "--models", "models", "--metrics", "metrics", "--live", "dvclive",
                         "--params", str(params)], cwd=tmp_path, env=stage_env(), capture_output=True,
                        text=True, timeout=300)
     lines = r.stderr.strip().splitlines()

@@ -29,7 +29,7 @@ def test_the_experiments_are_the_train_stages_of_dvc_yaml():
 def test_adding_an_experiment_is_one_stage_block(tmp_path):
     pipeline = yaml.safe_load(DVC_YAML.read_text())
     block = dict(pipeline["stages"]["train_baseline"])
-    block["cmd"] = "PYTHONPATH=src python -m lvm.stages.train --model lstm --experiment lstm --data ${windows}"
+    block["cmd"] = block["cmd"].replace("--model gru --experiment baseline", "--model lstm --experiment lstm")
     pipeline["stages"]["train_lstm"] = block
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     exps = experiments(tmp_path / "dvc.yaml")
@@ -92,7 +92,7 @@ def test_the_train_stage_trains_with_its_experiments_overrides(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     for experiment in ("retrieval", "baseline"):
         train.main(["--model", "gru", "--experiment", experiment, "--data", str(data_dir), "--params", str(params),
-                    "--no-progress"])
+                    "--models", "models", "--metrics", "metrics", "--live", "dvclive", "--no-progress"])
     got = {e: load_checkpoint(tmp_path / f"models/{e}/best.pt")["model_config"] for e in ("retrieval", "baseline")}
     shared = validate(_merge(DEFAULTS, TINY, ""))
     assert got["retrieval"]["anchor"] == "last" and got["baseline"]["anchor"] == shared["model"]["anchor"] != "last"

@@ -22,6 +22,8 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bench
                          ids=lambda v: v if isinstance(v, str) else None)
 def test_generated_section_is_the_committed_file(doc, name, source):
     # a missing generated file fails (docs.generated raises), it is never skipped
+    if isinstance(source, docs.StageOutput):
+        source = source.path(REPO)  # the file dvc.yaml's stage writes
     if isinstance(source, str):
         assert (REPO / source).is_file(), f"{source}: missing (it is committed)"
     want = docs.generated(source, "")
@@ -30,10 +32,13 @@ def test_generated_section_is_the_committed_file(doc, name, source):
 
 
 def _copy_docs(root: Path) -> None:
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")  # where the stages' outputs are named
     for doc, sections in docs.SECTIONS.items():
         (root / doc).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / doc, root / doc)
         for _, source, _ in sections:
+            if isinstance(source, docs.StageOutput):
+                source = source.path(REPO)
             if isinstance(source, str):
                 (root / source).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(REPO / source, root / source)
@@ -153,13 +158,15 @@ def test_make_pipeline_runs_stages_with_the_venv_python():
 
 def test_headline_is_declared_first_and_is_the_committed_evaluate_json_s(tmp_path):
     from lvm.io import write_json
+    from lvm.pipeline import stage_option
     from lvm.stages import evaluate
 
+    headline, full = stage_option("evaluate", "--headline", REPO / "dvc.yaml"), stage_option("evaluate", "--metrics", REPO / "dvc.yaml")
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]
-    assert list(stage["metrics"][0]) == [evaluate.OUT_HEADLINE]
-    committed = REPO / evaluate.OUT_HEADLINE
+    assert list(stage["metrics"][0]) == [headline]
+    committed = REPO / headline
     assert committed.is_file()
     # the stage writes headline(evaluate.json) with write_json: the committed bytes must be exactly that
-    write_json(tmp_path / "headline.json", evaluate.headline(
-        json.loads((REPO / evaluate.OUT_JSON).read_text()), [name for name in json.loads((REPO / evaluate.OUT_HEADLINE).read_text()) if name != "best_baseline"]))
+    models = [name for name in json.loads(committed.read_text()) if name != "best_baseline"]
+    write_json(tmp_path / "headline.json", evaluate.headline(json.loads((REPO / full).read_text()), models))
     assert (tmp_path / "headline.json").read_bytes() == committed.read_bytes()

@@ -30,11 +30,14 @@ def stage(fn):
     return wrapper
 
 
-def stage_main(run, description: str | None = None, data: str | None = None):
+def stage_main(run, description: str | None = None, data: str | None = None, paths: dict | None = None):
     """`main(argv)` for `python -m lvm.stages.<name> [--params FILE]`: validated params -> run(params).
 
     data="data_dir": the stage also takes a required `--data DIR`, the windows' directory dvc.yaml
-    names once (`${windows}`), passed on as run(params, data_dir=DIR)."""
+    names once (`${windows}`), passed on as run(params, data_dir=DIR).
+    paths={"--flag": "argument"}: more required paths, each passed on as run(..., argument=PATH). The
+    stage's command in dvc.yaml names every file it reads or writes, next to the outputs it declares,
+    so that dvc.yaml is the only place a path is written."""
 
     @stage
     def main(argv=None):
@@ -44,7 +47,10 @@ def stage_main(run, description: str | None = None, data: str | None = None):
         parser.add_argument("--params", default="params.yaml")
         if data:
             parser.add_argument("--data", required=True, metavar="DIR", help="the windows' directory (dvc.yaml: ${windows})")
+        for flag, argument in (paths or {}).items():
+            parser.add_argument(flag, required=True, dest=argument, metavar="PATH")
         args = parser.parse_args(argv)
-        run(load_params(args.params), **({data: args.data} if data else {}))
+        kwargs = {argument: getattr(args, argument) for argument in (paths or {}).values()}
+        run(load_params(args.params), **({data: args.data} if data else {}), **kwargs)
 
     return main

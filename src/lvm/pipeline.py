@@ -7,6 +7,8 @@ written a second time in code.
   command (`python -m lvm.stages.train --model M --experiment E`), in dvc.yaml's order. evaluate
   scores every one of them; adding a model to the experiments is one stage block in dvc.yaml (plus
   its best.pt and dvclive curves among evaluate's deps, which tests/test_pipeline.py checks).
+- `stage_option()`: a path a stage's command passes (e.g. evaluate's `--report`), for whoever reads
+  that output outside the pipeline (lvm.docs).
 - `labels()`: the name each experiment is reported under: its model's name, or model_experiment
   when an earlier experiment already trains that model (so `gru` stays train_baseline's figures in
   every `dvc metrics diff` and train_retrieval's gru is `gru_retrieval`).
@@ -74,6 +76,20 @@ def experiments(path: str | Path = DVC_YAML) -> dict[str, str]:
                            f"--experiment {name[len(TRAIN_PREFIX):]}`")
         out[experiment] = model
     return out
+
+
+def stage_option(stage: str, flag: str, path: str | Path = DVC_YAML) -> str:
+    """The value of `flag` in stage `stage`'s cmd, dvc.yaml's vars filled in."""
+    stages = load(path).get("stages") or {}
+    if stage not in stages:
+        raise LvmError(f"{path}: no stage {stage!r}")
+    cmd = str(stages[stage].get("cmd", ""))
+    for name, value in variables(path).items():
+        cmd = cmd.replace("${" + name + "}", str(value))
+    value = _option(shlex.split(cmd), flag)
+    if value is None:
+        raise LvmError(f"{path}: stage {stage}: its cmd passes no {flag}")
+    return value
 
 
 def labels(exps: dict[str, str]) -> dict[str, str]:

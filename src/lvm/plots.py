@@ -12,6 +12,12 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 BASELINE_COLOR, MODEL_COLOR = "#9e9e9e", "#1f77b4"
+# The figures' file names inside the directory a stage's `--figures` names (dvc.yaml declares each
+# one among the stage's plots; tests/test_pipeline.py checks the stage writes exactly those).
+EVALUATE_FIGURES = {"comparison": "test_comparison.png", "histogram": "cosine_hist.png",
+                    "directional": "directional.png", "training": "training_curves.png",
+                    "context_curve": "context_curve.png"}
+ANALYZE_FIGURES = {"memory": "memory_slots.png", "hierarchy": "hierarchy_saliency.png"}
 
 
 def _err(v, lo, hi):
@@ -68,7 +74,7 @@ def make_figures(results, per_window, baselines, experiments: dict, plots_dir, l
                  "models blue, other baselines grey; a model beats it only where the whole whisker is right of 0",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "test_comparison.png", dpi=110)
+    fig.savefig(out / EVALUATE_FIGURES["comparison"], dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -80,7 +86,7 @@ def make_figures(results, per_window, baselines, experiments: dict, plots_dir, l
     ax.set_ylabel("windows")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "cosine_hist.png", dpi=110)
+    fig.savefig(out / EVALUATE_FIGURES["histogram"], dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -88,7 +94,7 @@ def make_figures(results, per_window, baselines, experiments: dict, plots_dir, l
           "test: cos(pred, next) − cos(pred, last context vector); < 0 leans to copying\n"
           "(copy_last = cos(last, next) − 1 by construction)", "mean directional score [95% CI]")
     fig.tight_layout()
-    fig.savefig(out / "directional.png", dpi=110)
+    fig.savefig(out / EVALUATE_FIGURES["directional"], dpi=110)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -113,11 +119,11 @@ def make_figures(results, per_window, baselines, experiments: dict, plots_dir, l
         ax.set_title(metric)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=110)
+    fig.savefig(out / EVALUATE_FIGURES["training"], dpi=110)
     plt.close(fig)
 
     if curve:
-        context_curve_figure(curve, names, baselines, out / "context_curve.png")
+        context_curve_figure(curve, names, baselines, out / EVALUATE_FIGURES["context_curve"])
 
 
 def context_curve_figure(curve: dict, names, baselines, path) -> None:

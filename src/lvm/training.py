@@ -37,11 +37,11 @@ from lvm.models.base import fit_normalizer
 from lvm.runtime import set_seed, set_threads
 
 
-def run(p: dict, model_name: str, experiment: str, data_dir: str,
-        models_dir: str = "models", metrics_dir: str = "metrics", live_dir: str = "dvclive",
-        progress: bool = True) -> dict:
-    """Train `model_name` with validated params `p` into models_dir/experiment; the run's metrics
-    (with its wall-clock "timings", which stay out of every file DVC tracks)."""
+def run(p: dict, model_name: str, experiment: str, data_dir: str, models_dir: str, metrics_dir: str,
+        live_dir: str, progress: bool = True) -> dict:
+    """Train `model_name` with validated params `p`: models_dir/<experiment>/{best,final,last}.pt,
+    metrics_dir/train_<experiment>.json and the curves in live_dir/<experiment>. Returns the run's
+    metrics (with its wall-clock "timings", which stay out of every file DVC tracks)."""
     if model_name not in MODEL_NAMES:
         raise LvmError(f"--model: unknown model {model_name!r} (choose {', '.join(MODEL_NAMES)})")
     cfg = p["train"]
@@ -154,6 +154,9 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
         timings = run_timings(state, start_cos)
         if main:
             live.end()
+            # DVCLive's own summary of the last step: metrics/train_<experiment>.json is the run's summary
+            # (of its best epoch), and the stage publishes only the curves dvc.yaml declares
+            (live_tmp / "metrics.json").unlink(missing_ok=True)
             with no_signals():  # a Ctrl-C now would leave half the renames done
                 # best.pt, final.pt and the metrics of this run replace the old ones together, then the curves
                 with atomic_outputs():

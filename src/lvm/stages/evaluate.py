@@ -1,11 +1,12 @@
 """Stage evaluate: every trained model and every no-training baseline on the held-out splits.
 
-Writes metrics/evaluate.json ({"best_baseline": {"cosine": name, "mrr": name}, predictor: {split:
-{metric: value, "vs_best_baseline": {...}}}}), metrics/headline.json (its few figures that say which
-experiment is better: `headline`), metrics/context_curve.json (test cosine from the last k context
-vectors only, per predictor and k), metrics/results.md (`make docs` shows it in the README), PNG
-figures under plots/ and metrics/inspect_sample.md: a few windows of one test article decoded to text
-(lvm.inspect).
+Reads each experiment's best.pt and curves under --models/<experiment> and --live/<experiment>, and
+writes the files its command in dvc.yaml names: --metrics ({"best_baseline": {"cosine": name, "mrr":
+name}, predictor: {split: {metric: value, "vs_best_baseline": {...}}}}), --headline (its few figures
+that say which experiment is better: `headline`), --curve (test cosine from the last k context
+vectors only, per predictor and k), --report (markdown; `make docs` shows it in the README),
+--sample (a few windows of one test article decoded to text, lvm.inspect) and the figures of
+lvm.plots.EVALUATE_FIGURES into --figures.
 
 "Better" is decided by paired differences: every predictor is scored on the same windows, so the
 per-window difference to the best baseline (chosen on val, never on test) is bootstrapped over
@@ -33,13 +34,7 @@ from lvm.hardware import resolve_device, resolve_precision
 from lvm.runtime import set_threads
 
 EVAL_SPLITS = ("val", "test")
-OUT_JSON = "metrics/evaluate.json"
-OUT_HEADLINE = "metrics/headline.json"
-OUT_CURVE = "metrics/context_curve.json"
-OUT_MD = "metrics/results.md"
-OUT_SAMPLE = "metrics/inspect_sample.md"
 SAMPLE_WINDOWS, SAMPLE_K = 3, 5
-PLOTS = "plots"
 
 
 def check_disjoint(datasets: dict) -> None:
@@ -165,10 +160,9 @@ def warn_few_articles(split: str, n_articles: int) -> str | None:
     return msg
 
 
-def run(p: dict, data_dir: str, models_dir: str = "models", out_json: str = OUT_JSON,
-        out_md: str = OUT_MD, plots_dir: str = PLOTS, live_dir: str = "dvclive",
-        out_sample: str | None = OUT_SAMPLE, out_curve: str = OUT_CURVE,
-        out_headline: str = OUT_HEADLINE, experiments: dict | None = None) -> dict:
+def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, out_headline: str,
+        out_curve: str, out_md: str, out_sample: str | None, plots_dir: str,
+        experiments: dict | None = None) -> dict:
     """Score every experiment ({experiment: model}; default: dvc.yaml's train_* stages) and every
     baseline; each experiment is reported under its label (lvm.pipeline.labels: gru, ..., gru_retrieval)."""
     cfg = p["evaluate"]
@@ -400,7 +394,9 @@ def headline(evaluation: dict, models: list[str]) -> dict:
     return out
 
 
-main = stage_main(run, __doc__, data="data_dir")
+main = stage_main(run, __doc__, data="data_dir", paths={
+    "--models": "models_dir", "--live": "live_dir", "--metrics": "out_json", "--headline": "out_headline",
+    "--curve": "out_curve", "--report": "out_md", "--sample": "out_sample", "--figures": "plots_dir"})
 
 
 if __name__ == "__main__":

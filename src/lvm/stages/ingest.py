@@ -1,4 +1,5 @@
-"""Stage ingest: Wikipedia wikitext -> concept chunks -> sentence vectors (data/corpus/vectors.npz)."""
+"""Stage ingest: Wikipedia wikitext -> concept chunks -> sentence vectors (--out, an npz) and their
+stats (--stats): dvc.yaml names both."""
 from __future__ import annotations
 
 import time
@@ -11,9 +12,6 @@ from lvm.entry import stage_main
 from lvm.hardware import resolve_precision
 from lvm.corpus import chunk_text, clean_wikitext, default_source, encode, iter_pages, load_encoder
 from lvm.io import atomic_outputs, log_run, progress, save_npz, write_json
-
-OUT = "data/corpus/vectors.npz"
-STATS = "data/corpus/stats.json"
 
 
 def build_chunks(source, max_words: int, min_words: int, max_articles: int = 0):
@@ -33,7 +31,7 @@ def build_chunks(source, max_words: int, min_words: int, max_articles: int = 0):
     return titles, texts, np.array(articles, np.int32), np.array(chunks, np.int32)
 
 
-def run(p: dict, out: str = OUT, stats_path: str = STATS) -> dict:
+def run(p: dict, out: str, stats_path: str) -> dict:
     cfg = p["ingest"]
     source = default_source() if cfg["source"] == "default" else cfg["source"]
     t0 = time.perf_counter()
@@ -68,7 +66,7 @@ def run(p: dict, out: str = OUT, stats_path: str = STATS) -> dict:
     return stats
 
 
-main = stage_main(run, __doc__)
+main = stage_main(run, __doc__, paths={"--out": "out", "--stats": "stats_path"})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""The train_* stages: one model trained into models/<experiment>/ (lvm.training does the work).
+"""The train_* stages: one model trained (lvm.training does the work), its outputs under the folders
+the command names: <models>/<experiment>/best.pt and final.pt, <metrics>/train_<experiment>.json and
+the DVCLive curves in <live>/<experiment>.
 
-    python -m lvm.stages.train --model lstm --experiment lstm --data data/ctx100   # any of the six models
-    dvc repro train_baseline                                      # dvc.yaml's stages run the same command
+    python -m lvm.stages.train --model lstm --experiment lstm --data data/ctx100 \
+        --models models --metrics metrics --live dvclive       # any of the six models
+    dvc repro train_baseline                                    # dvc.yaml's stages name their folders
 
 The run reads the params of the experiment: params.yaml's model/train sections with the keys of
 `overrides.<experiment>` (if it has any) in their place, e.g. train_retrieval's gru.
@@ -9,7 +12,8 @@ The run reads the params of the experiment: params.yaml's model/train sections w
 With train.nproc > 1 the command relaunches itself through torchrun on this node and the same loop
 runs data-parallel (DistributedDataParallel); it can also be started by torchrun directly:
 
-    torchrun --nproc-per-node 4 -m lvm.stages.train --model gru --experiment baseline --data data/ctx100
+    torchrun --nproc-per-node 4 -m lvm.stages.train --model gru --experiment baseline --data data/ctx100 \
+        --models models --metrics metrics --live dvclive
 """
 from __future__ import annotations
 
@@ -30,9 +34,12 @@ from lvm.training import run
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
-    parser.add_argument("--experiment", help="output name under models/, metrics/, dvclive/ (default: model)")
+    parser.add_argument("--experiment", help="the outputs' name under --models, --metrics, --live (default: model)")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="the exported windows (train.npz, val.npz): dvc.yaml's ${windows}")
+    parser.add_argument("--models", required=True, metavar="DIR", help="checkpoints go to DIR/<experiment>/")
+    parser.add_argument("--metrics", required=True, metavar="DIR", help="the run's metrics: DIR/train_<experiment>.json")
+    parser.add_argument("--live", required=True, metavar="DIR", help="DVCLive curves: DIR/<experiment>/")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -43,7 +50,8 @@ def main(argv=None):
         for split in ("train", "val"):  # bad input fails here with one error line, before any launch
             WindowDataset(Path(args.data) / f"{split}.npz", mmap=True)
         sys.exit(launch(nproc, p["train"]["threads"], sys.argv[1:] if argv is None else argv))
-    run(p, args.model, experiment, data_dir=args.data, progress=not args.no_progress)
+    run(p, args.model, experiment, data_dir=args.data, models_dir=args.models, metrics_dir=args.metrics,
+        live_dir=args.live, progress=not args.no_progress)
 
 
 def launch(nproc: int, threads: int, argv: list[str]) -> int:
