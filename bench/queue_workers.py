@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from common import cpu_model  # noqa: E402
+from lvm.hardware import processes_running  # noqa: E402
 
 SETTINGS = [("-j 1, train.threads 0", 1, 0), ("-j 2, train.threads 0", 2, 0), ("-j 2, train.threads 1", 2, 1)]
 
@@ -63,13 +64,7 @@ def project(root: Path, data_dir: Path, epochs: int, env: dict) -> None:
 
 def trainings_running() -> int:
     """Processes of this machine running a train stage now (the queue's experiments, side by side or not)."""
-    count = 0
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            count += b"-m\x00lvm.stages.train\x00" in cmdline.read_bytes()  # the python, not its sh -c
-        except OSError:  # the process ended while we looked
-            pass
-    return count
+    return processes_running(b"-m\x00lvm.stages.train\x00")  # the python, not its sh -c
 
 
 def run_queue(root: Path, workers: int, threads: int, n: int, env: dict, first_seed: int) -> dict:

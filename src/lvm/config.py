@@ -86,7 +86,7 @@ DEFAULTS: dict = {
         "targets": "all",  # last (one target per window) | all (the next vector after every position)
         "min_context": 1,  # with targets all: positions with fewer context vectors are not scored
         "normalize": "robust",  # none | center | standard | robust: per-dimension, fitted on the train split
-        "patience": 4,  # stop after this many epochs without a lower val loss (0 = never)
+        "patience": 3,  # stop after this many epochs without a lower val loss (0 = never)
         "ema": 0.0,  # > 0: validate and save an exponential moving average of the weights (decay per step)
         "article_fraction": 1.0,  # train on a seeded share of the train articles (data-scale curve)
     },
@@ -96,11 +96,14 @@ DEFAULTS: dict = {
         "batch_size": 256,
         # per-position curve: test cosine from the last k context vectors; k > L dropped, L always added
         "curve_k": [1, 2, 5, 10, 20, 50, 100],
+        # the descriptive figures (the per-position curve, the analyze stage) read every Nth test window
+        # (stride N inside each article); the results table always scores every test window
+        "sample_stride": 4,
     },
     # experiment -> keys of the model/train sections its train_<experiment> stage trains with instead
     # of the shared ones (`for_experiment`); only the experiments listed here take overrides
     "overrides": {
-        "retrieval": {"model": {"anchor": "last"}, "train": {"loss": "infonce"}},
+        "retrieval": {"model": {"anchor": "last"}, "train": {"loss": "infonce", "lr": 0.0005}},
     },
 }
 
@@ -322,7 +325,7 @@ def _validate(p: dict) -> dict:
     if p["ingest"]["min_words"] > p["ingest"]["max_words"] or p["ingest"]["min_words"] < 1:
         _fail("ingest.min_words", "must be between 1 and ingest.max_words")
     # checked here, before any work: evaluate would otherwise fail only after scoring every model
-    for key in ("n_boot", "batch_size"):
+    for key in ("n_boot", "batch_size", "sample_stride"):
         if p["evaluate"][key] < 1:
             _fail(f"evaluate.{key}", f"must be >= 1, got {p['evaluate'][key]}")
     for key in ("batch_size", "max_words"):

@@ -539,6 +539,19 @@ class WindowDataset:
         other._starts_t = torch.from_numpy(other.starts)
         return other
 
+    def every(self, n: int) -> "WindowDataset":
+        """Every n-th of these windows, in order (a sample for descriptive figures; shares the vectors)."""
+        import copy
+
+        import torch
+
+        if n == 1:
+            return self
+        other = copy.copy(self)
+        other.starts = np.ascontiguousarray(self.starts[::n])
+        other._starts_t = torch.from_numpy(other.starts)
+        return other
+
     def subset_articles(self, fraction: float, seed: int) -> "WindowDataset":
         """The windows of a seeded `fraction` of this split's articles (at least one); shares the vectors.
         For data-scale curves: the same val/test, fewer train articles."""

@@ -60,18 +60,24 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def queue_workers() -> int:
-    """DVC experiment-queue workers running on this machine (`dvc queue start -j N` starts N, each
-    running one experiment at a time), counted from /proc (0 elsewhere)."""
+def processes_running(argv_part: bytes) -> int:
+    """Processes on this machine whose command line contains `argv_part` (arguments joined by NUL
+    bytes, as /proc/PID/cmdline holds them), counted from /proc (0 elsewhere)."""
     from pathlib import Path
 
     count = 0
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            count += b"exp\x00queue-worker\x00" in cmdline.read_bytes()
+            count += argv_part in cmdline.read_bytes()
         except OSError:  # the process ended while we looked
             pass
     return count
+
+
+def queue_workers() -> int:
+    """DVC experiment-queue workers running on this machine (`dvc queue start -j N` starts N, each
+    running one experiment at a time)."""
+    return processes_running(b"exp\x00queue-worker\x00")
 
 
 def usable_cpus() -> int:

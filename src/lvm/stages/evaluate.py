@@ -122,16 +122,14 @@ def curve_grid(curve_k: list[int], L: int) -> list[int]:
     return sorted({int(k) for k in curve_k if k <= L} | {L})
 
 
-def context_curve(predictors: dict, ds: WindowDataset, grid: list[int], cfg: dict, min_context: dict,
-                  full: dict) -> dict:
+def context_curve(predictors: dict, ds: WindowDataset, grid: list[int], cfg: dict, min_context: dict) -> dict:
     """{predictor: {str(k): {cosine_mean, ci_low, ci_high}}} on `ds` from the last k context vectors.
 
     `min_context[name]` = fewest context vectors a predictor can read (ridge: evaluate.ridge_k); it is
-    skipped below that rather than fed zero padding it never saw in fitting. `full[name]` holds the
-    predictions on the whole context, reused at k = L."""
+    skipped below that rather than fed zero padding it never saw in fitting."""
     target = ds.vectors_np[ds.targets_rows()]
     articles = ds.window_articles()
-    out = {"n_windows": len(ds), "n_articles": int(np.unique(articles).size)}
+    out = {"n_windows": len(ds), "n_articles": int(np.unique(articles).size), "sample_stride": cfg["sample_stride"]}
     skipped = []
     for name, fn in predictors.items():
         out[name] = {}
@@ -143,7 +141,7 @@ def context_curve(predictors: dict, ds: WindowDataset, grid: list[int], cfg: dic
             if k in too_short:
                 continue
             with torch.no_grad():
-                pred = full[name] if k == ds.context_length else fn(truncated(ds, k))
+                pred = fn(truncated(ds, k))
             cos = cosine(pred, target).astype(np.float64)
             lo, hi = group_ci(cos, articles, n_boot=cfg["n_boot"], seed=0)
             out[name][str(k)] = {"cosine_mean": _r(cos.mean()), "ci_low": _r(lo), "ci_high": _r(hi)}
@@ -177,7 +175,7 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
     check_disjoint(datasets)
     warnings = [w for s in EVAL_SPLITS
                 if (w := warn_few_articles(s, int(np.unique(datasets[s].window_articles()).size)))]
-    results, per_window, test_preds = {}, {}, {}
+    results, per_window = {}, {}
     models = {}  # loaded and checked first: a wrong checkpoint fails before any work is done
     for experiment, model_name in experiments.items():
         path = Path(models_dir) / experiment / "best.pt"
@@ -202,8 +200,6 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
             with torch.no_grad():
                 pred = fn(datasets[split])
                 summary, pw = score(pred, datasets[split], cfg, true_ctx_max[split])
-            if split == "test":
-                test_preds[name] = pred
             results[name][split] = summary
             per_window[(name, split)] = pw
     best = choose_best_baseline(results, list(baselines))
@@ -224,7 +220,9 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
 
     t0 = time.perf_counter()
     grid = curve_grid(cfg["curve_k"], datasets["test"].context_length)
-    curve = context_curve(predictors, datasets["test"], grid, cfg, min_context, test_preds)
+    # every point on the same sample of the test windows (evaluate.sample_stride): a descriptive figure,
+    # whose cost is one more pass over those windows per k and predictor
+    curve = context_curve(predictors, datasets["test"].every(cfg["sample_stride"]), grid, cfg, min_context)
     curve_seconds = time.perf_counter() - t0
     print(f"context curve: k in {grid} for {len(predictors)} predictors on {curve['n_windows']} test windows "
           f"in {curve_seconds:.1f} s (skipped: {curve['skipped']})")
@@ -233,11 +231,12 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
     log_run("evaluate", {"seconds_context_curve": round(curve_seconds, 1), "predictors": len(predictors),
                          "curve_windows": curve["n_windows"]})
 
-    table = results_table(results, list(baselines), list(models), best, curve=curve,
+    from lvm.plots import EVALUATE_FIGURES, make_figures
+
+    curve_files = (Path(out_curve).as_posix(), (Path(plots_dir) / EVALUATE_FIGURES["context_curve"]).as_posix())
+    table = results_table(results, list(baselines), list(models), best, curve=curve, curve_files=curve_files,
                           warnings=warnings)
     write_text(out_md, table)
-    from lvm.plots import make_figures
-
     make_figures(results, per_window, list(baselines), label, plots_dir, live_dir, best=best, curve=curve)
     if out_sample:
         write_text(out_sample, inspect_sample(p, datasets["test"], models, device))
@@ -304,6 +303,7 @@ def verdict(results: dict, baselines: list[str], models: list[str], metric: str,
 
 
 def results_table(results: dict, baselines: list[str], models: list[str], best: dict, curve: dict | None = None,
+                  curve_files: tuple[str, str] = ("", ""),
                   warnings: list[str] | None = None) -> str:
     n = results[models[0] if models else baselines[0]]["test"]
     n_art = int(n["n_articles"])
@@ -352,16 +352,17 @@ def results_table(results: dict, baselines: list[str], models: list[str], best: 
     lines += ["", verdict(results, baselines, models, "cosine", best), "",
               verdict(results, baselines, models, "mrr", best), ""]
     if curve:
-        lines += curve_table(curve, baselines + models)
+        lines += curve_table(curve, baselines + models, curve_files)
     return "\n".join(lines)
 
 
-def curve_table(curve: dict, names: list[str]) -> list[str]:
+def curve_table(curve: dict, names: list[str], files: tuple[str, str]) -> list[str]:
+    """`files`: (the curve's json, its figure), named in the text."""
     ks = sorted({int(k) for name in names for k in curve.get(name, {})})
     lines = [
         f"Per-position curve: test cosine when each predictor sees only the **last k** context vectors "
-        f"(same {curve['n_windows']} targets at every k; 95% intervals in `metrics/context_curve.json`, "
-        "figure `plots/context_curve.png`)"
+        f"(the same {curve['n_windows']} targets at every k: every {curve['sample_stride']}th test window, "
+        f"`evaluate.sample_stride`; 95% intervals in `{files[0]}`, figure `{files[1]}`)"
         + (f"; skipped: {curve['skipped']}" if curve["skipped"] != "none" else "") + ".",
         "",
         "| predictor | " + " | ".join(f"k={k}" for k in ks) + " |",
