@@ -30,10 +30,13 @@ def test_levers_and_data_scale(workdir):
     from lvm.ablation import main
     args = ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "ctx"),
             "--out-dir", str(workdir / "out"), "--plots-dir", str(workdir / "plots")]
-    main(args + ["--only", "default", "targets=last", "normalize=robust"])
+    main(args + ["--only", "default", "targets=last", "normalize=robust", "retrieval"])
     out = json.loads((workdir / "out/ablation.json").read_text())
-    # normalize=robust restates params.yaml: no duplicate row
-    assert [r["name"] for r in out["runs"]] == ["default", "targets=last"]
+    # normalize=robust restates params.yaml: no duplicate row; the retrieval experiment's overrides are a row
+    assert [r["name"] for r in out["runs"]] == ["default", "targets=last", "retrieval"]
+    from lvm.config import DEFAULTS
+    retrieval = DEFAULTS["overrides"]["retrieval"]
+    assert out["runs"][2]["overrides"] == {f"{s}.{k}": v for s, keys in retrieval.items() for k, v in keys.items()}
     best = out["best_baseline"]["cosine"]
     for r in out["runs"]:
         v = r["test"]

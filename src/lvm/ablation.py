@@ -43,6 +43,16 @@ LEVERS = [
     ("loss=cosine+0.5 infonce", "cosine + 0.5 InfoNCE (retrieval-leaning)",
      {"train.loss": "cosine+infonce", "train.infonce_weight": 0.5}),
 ]
+
+
+def experiment_rows(p: dict) -> list[tuple[str, str, dict]]:
+    """One row per experiment of params.yaml's `overrides` (train_retrieval's gru): its keys as levers."""
+    rows = []
+    for experiment, sections in p["overrides"].items():
+        flat = {f"{section}.{key}": value for section, keys in sections.items() for key, value in keys.items()}
+        what = ", ".join(f"{k.split('.')[1]}={v}" for k, v in flat.items())
+        rows.append((experiment, f"train_{experiment}'s setting (`overrides.{experiment}`): {what}", flat))
+    return rows
 DATA_SCALE = (0.25, 0.5, 1.0)
 
 
@@ -208,7 +218,9 @@ def main(argv=None):
         variants = [(f"article_fraction={f}", f"{f:.0%} of the train articles", {"train.article_fraction": f})
                     for f in DATA_SCALE]
     else:
-        variants = [v for v in LEVERS if (not args.only or v[0] in args.only) and (not v[2] or distinct(p, v[2]))]
+        variants = [v for v in LEVERS if not v[2] or distinct(p, v[2])]
+        variants += [v for v in experiment_rows(p) if apply(p, v[2]) != p]  # an experiment: all its keys
+        variants = [v for v in variants if not args.only or v[0] in args.only]
     for name, what, overrides in variants:
         print(f"--- {name}: {what}", flush=True)
         row = {"name": name, "what": what, "model": args.model, "overrides": overrides,
