@@ -52,6 +52,7 @@ SECTIONS: dict[str, list[tuple[str, str | StageOutput | tuple[str, ...], str]]] 
     ],
     "docs/performance.md": [
         ("perf", "bench/results/throughput.md", "bench/throughput.py"),
+        ("orig", "bench/results/original_interleaved.md", "bench/original_interleaved.py"),
         ("gpu", "bench/results/throughput_cuda.md", "bench/throughput.py --device cuda --out bench/results/throughput_cuda.json"),
     ],
     "docs/scaling.md": [
