@@ -99,12 +99,9 @@ def write_params(path, overrides: dict | None = None, base: dict = TINY_PARAMS) 
 def stage_args(stage: str) -> list[str]:
     """The arguments dvc.yaml's `stage` passes to its module (after `python -m lvm.stages.X`), its
     ${vars} filled: tests run a stage with the very paths the pipeline gives it."""
-    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    variables = {k: v for entry in dvc_yaml.get("vars", []) for k, v in entry.items()}
-    cmd = dvc_yaml["stages"][stage]["cmd"]
-    for k, v in variables.items():
-        cmd = cmd.replace("${" + k + "}", str(v))
-    argv = shlex.split(cmd)
+    from lvm.pipeline import command
+
+    argv = command(stage, REPO / "dvc.yaml")
     return argv[argv.index("-m") + 2:]
 
 

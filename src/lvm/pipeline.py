@@ -78,15 +78,20 @@ def experiments(path: str | Path = DVC_YAML) -> dict[str, str]:
     return out
 
 
-def stage_option(stage: str, flag: str, path: str | Path = DVC_YAML) -> str:
-    """The value of `flag` in stage `stage`'s cmd, dvc.yaml's vars filled in."""
+def command(stage: str, path: str | Path = DVC_YAML) -> list[str]:
+    """Stage `stage`'s cmd as an argument list, dvc.yaml's vars filled in (as DVC runs it)."""
     stages = load(path).get("stages") or {}
     if stage not in stages:
         raise LvmError(f"{path}: no stage {stage!r}")
     cmd = str(stages[stage].get("cmd", ""))
     for name, value in variables(path).items():
         cmd = cmd.replace("${" + name + "}", str(value))
-    value = _option(shlex.split(cmd), flag)
+    return shlex.split(cmd)
+
+
+def stage_option(stage: str, flag: str, path: str | Path = DVC_YAML) -> str:
+    """The value of `flag` in stage `stage`'s cmd."""
+    value = _option(command(stage, path), flag)
     if value is None:
         raise LvmError(f"{path}: stage {stage}: its cmd passes no {flag}")
     return value
