@@ -522,52 +522,42 @@ class WindowDataset:
     # articles whose windows this dataset keeps (None = all); set by subset_articles
     kept_articles: np.ndarray | None = None
 
-    def restrided(self, stride: int) -> "WindowDataset":
-        """The same split (and article subset) with windows at another stride (shares the vectors)."""
+    def with_starts(self, starts: np.ndarray, **changes) -> "WindowDataset":
+        """A shallow copy (the same vectors) holding the windows that start at `starts`; `changes`
+        set other attributes of the copy (context_length, kept_articles)."""
         import copy
 
         import torch
 
+        other = copy.copy(self)
+        other.starts = np.ascontiguousarray(starts)
+        other._starts_t = torch.from_numpy(other.starts)
+        for name, value in changes.items():
+            setattr(other, name, value)
+        return other
+
+    def restrided(self, stride: int) -> "WindowDataset":
+        """The same split (and article subset) with windows at another stride (shares the vectors)."""
         articles = self.article_indices
         boundaries = np.flatnonzero(articles[1:] != articles[:-1]) + 1
         lengths = np.diff(np.concatenate([[0], boundaries, [articles.size]]))
-        other = copy.copy(self)
         starts = window_starts(lengths, self.context_length, stride, self.first_target)
         if self.kept_articles is not None:
             starts = starts[np.isin(articles[starts], self.kept_articles)]
-        other.starts = starts
-        other._starts_t = torch.from_numpy(other.starts)
-        return other
+        return self.with_starts(starts)
 
     def every(self, n: int) -> "WindowDataset":
         """Every n-th of these windows, in order (a sample for descriptive figures; shares the vectors)."""
-        import copy
-
-        import torch
-
-        if n == 1:
-            return self
-        other = copy.copy(self)
-        other.starts = np.ascontiguousarray(self.starts[::n])
-        other._starts_t = torch.from_numpy(other.starts)
-        return other
+        return self if n == 1 else self.with_starts(self.starts[::n])
 
     def subset_articles(self, fraction: float, seed: int) -> "WindowDataset":
         """The windows of a seeded `fraction` of this split's articles (at least one); shares the vectors.
         For data-scale curves: the same val/test, fewer train articles."""
-        import copy
-
-        import torch
-
         if fraction >= 1.0:
             return self
         ids = np.unique(self.article_indices[self.starts])
         keep = np.sort(np.random.default_rng(seed).permutation(ids)[:max(1, round(fraction * ids.size))])
-        other = copy.copy(self)
-        other.kept_articles = keep
-        other.starts = self.starts[np.isin(self.article_indices[self.starts], keep)]
-        other._starts_t = torch.from_numpy(other.starts)
-        return other
+        return self.with_starts(self.starts[np.isin(self.article_indices[self.starts], keep)], kept_articles=keep)
 
     def kept_rows(self) -> np.ndarray:
         """Vectors of the kept articles [n, D] (all rows of the split without a subset)."""

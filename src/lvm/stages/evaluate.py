@@ -14,7 +14,6 @@ articles, the same articles for both predictors in every resample.
 """
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -110,11 +109,7 @@ def truncated(ds: WindowDataset, k: int) -> WindowDataset:
         raise ValueError(f"k={k} outside 1..{L}")
     if k == L:
         return ds
-    other = copy.copy(ds)
-    other.starts = ds.starts + (L - k)
-    other._starts_t = torch.from_numpy(other.starts)
-    other.context_length = k
-    return other
+    return ds.with_starts(ds.starts + (L - k), context_length=k)
 
 
 def curve_grid(curve_k: list[int], L: int) -> list[int]:
