@@ -161,7 +161,7 @@ REFERENCES = {"lstm": RefLSTM, "gru": RefGRU, "transformer": RefTransformer, "am
 
 def build(name: str, d: int, L: int, batch: int):
     """{config: step function} for the reference (fp32, MSE) and ours (fp32, bf16 where native)."""
-    from lvm.config import DEFAULTS
+    from lvm.config import repository_params
     from lvm.hardware import native_bf16
     from lvm.models import count_parameters, create_model
     from lvm.training import train_step
@@ -182,9 +182,10 @@ def build(name: str, d: int, L: int, batch: int):
         ref_opt.step()
         return loss.item()
 
-    ours = create_model(name, input_dim=d, context_length=L, normalize="none", **DEFAULTS["model"])
-    opt = torch.optim.AdamW(ours.parameters(), lr=DEFAULTS["train"]["lr"], weight_decay=DEFAULTS["train"]["weight_decay"])
-    cfg = {**DEFAULTS["train"], "loss": "cosine", "min_context": 1}
+    params = repository_params()
+    ours = create_model(name, input_dim=d, context_length=L, normalize="none", **params["model"])
+    opt = torch.optim.AdamW(ours.parameters(), lr=params["train"]["lr"], weight_decay=params["train"]["weight_decay"])
+    cfg = {**params["train"], "loss": "cosine", "min_context": 1}
 
     def our_step(precision):
         def step(i):

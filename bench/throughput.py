@@ -50,7 +50,7 @@ ABLATIONS = (
 )
 ORIGINAL_D = 768
 # The original implementation's training setup, which the table measures (params.yaml trains differently):
-# DEFAULTS' model sizes without an anchor, MSE, AdamW(lr 5e-4, wd 0.01), clip_grad_norm_ 1.0.
+# params.yaml's model sizes without an anchor, MSE, AdamW(lr 5e-4, wd 0.01), clip_grad_norm_ 1.0.
 ORIGINAL_MODEL = {"anchor": "none"}
 ORIGINAL_TRAIN = {"loss": "mse", "lr": 5e-4, "weight_decay": 0.01, "grad_clip": 1.0}
 MIB = 1024 ** 2
@@ -167,7 +167,7 @@ def child_model(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from lvm.config import DEFAULTS
+    from lvm.config import repository_params
     from lvm.hardware import autocast
     from lvm.models import count_parameters, create_model
     from lvm.models import fastrnn
@@ -177,10 +177,11 @@ def child_model(spec: dict) -> dict:
     set_threads(spec["threads"])  # as training does (includes its allocator setting)
     device = _resolve_device(spec["device"])
     B, L, D, precision = spec["batch"], spec["context"], spec["dim"], spec["precision"]
-    tcfg = {**DEFAULTS["train"], **ORIGINAL_TRAIN, "min_context": 1}
+    params = repository_params()
+    tcfg = {**params["train"], **ORIGINAL_TRAIN, "min_context": 1}
     torch.manual_seed(0)
     model = create_model(spec["model"], input_dim=D, context_length=L,
-                         **{**DEFAULTS["model"], **ORIGINAL_MODEL}).to(device)
+                         **{**params["model"], **ORIGINAL_MODEL}).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     g = torch.Generator().manual_seed(1)
     # targets "all" (train.targets: all): the model predicts the next vector at every position, the
@@ -521,7 +522,7 @@ def main(argv=None):
         "config": {"models": args.models, "dims": args.dims, "precisions": args.precisions, "batch": args.batch,
                    "context": args.context, "threads": args.threads, "device": device, "steps": args.steps,
                    "eval_steps": args.eval_steps, "warmup": args.warmup, "repeats": args.repeats,
-                   "gemm_n": args.gemm_n, "model_params": "lvm.config.DEFAULTS['model'] (the original sizes)",
+                   "gemm_n": args.gemm_n, "model_params": "params.yaml's model section (the original sizes)",
                    "optimizer": "AdamW(lr 5e-4, wd 0.01), clip_grad_norm_ 1.0, loss mse (lvm.training, params of "
                                 "the original)"},
         "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "threads": args.threads,

@@ -16,10 +16,23 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv running the tests; its python must run the stages too
 
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`base` with the nested mapping `over` in place, section by section, key by key (copies)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in over.items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# The repository's params.yaml as written. A params file sets every key (lvm.config), so each params
+# dict below is this one with a few keys changed.
+REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
 # How the tests train where they say nothing else: the simplest setup (the original's loss and
 # targets; no anchor, normalisation, sampling or early stopping), not params.yaml's, so that a test's
-# run stays small and its numbers easy to reason about. (A key a params file leaves out takes its
-# params.yaml value, lvm.config.DEFAULTS.)
+# run stays small and its numbers easy to reason about.
 SIMPLE_TRAINING = {
     "export": {"val_stride": 0},
     "model": {"anchor": "none"},
@@ -29,12 +42,12 @@ SIMPLE_TRAINING = {
 
 # Small, valid settings for stage runs on tiny inputs (L=10 keeps model.chunk_size and
 # evaluate.ridge_k defaults valid).
-TINY_PARAMS = {
+TINY_PARAMS = merge(REPO_PARAMS, {
     "data": {"context_length": 10},
     "export": {"overlap": 5, "seed": 7, "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "val_stride": 0},
     "model": SIMPLE_TRAINING["model"],
     "train": SIMPLE_TRAINING["train"],
-}
+})
 
 # Short real articles of the gensim Wikipedia shard (tens of chunks each), so the real encoder runs fast.
 SHORT_ARTICLES = ("Aa River", "Answer", "Abstract (law)", "Affirming the consequent", "Adventure")
@@ -81,13 +94,6 @@ def write_vectors(path, lengths, dim: int = 8, seed: int = 0, article_ids=None, 
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return arrays
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for k, v in over.items():
-        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def write_params(path, overrides: dict | None = None, base: dict = TINY_PARAMS) -> Path:

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from conftest import SIMPLE_TRAINING, merge, write_vectors
+from conftest import REPO_PARAMS, SIMPLE_TRAINING, merge, write_vectors
 from lvm.data import export_windows, load_corpus
 
 
@@ -16,7 +16,7 @@ def workdir(tmp_path_factory):
     write_vectors(root / "vectors.npz", [40] * 16, dim=12, seed=5)
     export_windows(load_corpus(root / "vectors.npz"), root / "ctx", 10, 5,
                    {"train": 0.6, "val": 0.2, "test": 0.2}, seed=1)
-    params = merge(SIMPLE_TRAINING, {
+    params = merge(merge(REPO_PARAMS, SIMPLE_TRAINING), {
         "data": {"context_length": 10}, "export": {"overlap": 5},
         "model": {"hidden_dim": 16, "gru_layers": 1, "anchor": "decay_mean"},
         "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "threads": 1, "max_train_windows": 40,
@@ -34,8 +34,8 @@ def test_levers_and_data_scale(workdir):
     out = json.loads((workdir / "out/ablation.json").read_text())
     # normalize=robust restates params.yaml: no duplicate row; the retrieval experiment's overrides are a row
     assert [r["name"] for r in out["runs"]] == ["default", "targets=last", "retrieval"]
-    from lvm.config import DEFAULTS
-    retrieval = DEFAULTS["overrides"]["retrieval"]
+    from lvm.config import repository_params
+    retrieval = repository_params()["overrides"]["retrieval"]
     assert out["runs"][2]["overrides"] == {f"{s}.{k}": v for s, keys in retrieval.items() for k, v in keys.items()}
     best = out["best_baseline"]["cosine"]
     for r in out["runs"]:

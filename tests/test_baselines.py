@@ -111,15 +111,15 @@ def test_chunked_fit_predict_equals_at_once():
     rng = np.random.default_rng(6)
     ctx = _contexts(rng, n=400)
     tgt = _unit(0.6 * ctx[:, -1] + 0.4 * ctx[:, -3] + 0.3 * rng.standard_normal(ctx[:, -1].shape))
-    for name, cls in B.BASELINES.items():
-        whole = cls().fit([(ctx, tgt)])
-        chunked = cls().fit(_batches(ctx, tgt, 37))
+    for name in B.BASELINES:
+        whole = B.make_baselines({"baselines": [name], "ridge_k": 5})[name].fit([(ctx, tgt)])
+        chunked = B.make_baselines({"baselines": [name], "ridge_k": 5})[name].fit(_batches(ctx, tgt, 37))
         if name == "exp_decay_mean":
             assert whole.decay == chunked.decay
         p_whole = whole.predict(ctx)
         p_chunk = B.predict_batches(chunked, (ctx[s : s + 53] for s in range(0, len(ctx), 53)))
         np.testing.assert_allclose(p_whole, p_chunk, atol=1e-5, err_msg=name)
-    ridge = B.Ridge().fit(_batches(ctx, tgt, 37))
+    ridge = B.Ridge(k=5).fit(_batches(ctx, tgt, 37))
     # Ridge on this data beats copy-last (sanity that fitting did something).
     assert _mean_cos(ridge.predict(ctx), tgt) > _mean_cos(B.CopyLast().predict(ctx), tgt) + 0.05
 
@@ -129,18 +129,21 @@ def test_make_baselines_config():
     assert list(models) == list(B.BASELINES)
     assert models["ridge"].params()["k"] == 2 and models["ridge"].params()["lambda"] == 3.0
     assert models["exp_decay_mean"].decays == (0.9, 1.0)
-    assert list(B.make_baselines({"baselines": ["ridge", "copy_last"]})) == ["copy_last", "ridge"]
+    assert list(B.make_baselines({"baselines": ["ridge", "copy_last"], "ridge_k": 2})) == ["copy_last", "ridge"]
+    with pytest.raises(ValueError, match="ridge_k"):  # no default of its own: params.yaml's evaluate.ridge_k
+        B.make_baselines({"baselines": ["ridge"]})
+    assert list(B.make_baselines({"baselines": ["copy_last"]})) == ["copy_last"]
     with pytest.raises(ValueError):
         B.make_baselines({"ridge_lamda": 1.0})
     with pytest.raises(ValueError):
         B.make_baselines({"baselines": ["nope"]})
-    assert B.make_baselines({"ridge_lambda_grid": "default"})["ridge"].lambda_grid == B.DEFAULT_LAMBDA_GRID
+    assert B.make_baselines({"ridge_lambda_grid": "default", "ridge_k": 2})["ridge"].lambda_grid == B.DEFAULT_LAMBDA_GRID
 
 
 def test_unfitted_and_short_context_errors():
     ctx = np.ones((2, 3, 4), np.float32)
     with pytest.raises(RuntimeError):
-        B.Ridge().predict(ctx)
+        B.Ridge(k=5).predict(ctx)
     with pytest.raises(RuntimeError):
         B.ExpDecayMean().predict(ctx)
     with pytest.raises(ValueError):

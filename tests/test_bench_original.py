@@ -15,11 +15,11 @@ import original_interleaved as oi  # noqa: E402
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_references_have_the_same_layers_as_ours_where_the_original_matches_them(name):
-    from lvm.config import DEFAULTS
+    from lvm.config import repository_params
     from lvm.models import count_parameters, create_model
 
     ref = oi.REFERENCES[name](768)
-    ours = create_model(name, input_dim=768, context_length=100, normalize="none", **DEFAULTS["model"])
+    ours = create_model(name, input_dim=768, context_length=100, normalize="none", **repository_params()["model"])
     # the original's figures (5.1M, 7.1M at D=768), which these two architectures share with ours
     assert count_parameters(ref) == count_parameters(ours)
     assert abs(count_parameters(ref) - oi.ORIGINAL_PARAMS[name]) / oi.ORIGINAL_PARAMS[name] < 0.01

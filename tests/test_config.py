@@ -1,58 +1,64 @@
-"""params.yaml loader: defaults, unknown keys, types and cross-key checks fail naming the key."""
-import copy
-
+"""params.yaml loader: every key required, unknown keys, types and cross-key checks fail naming the key."""
 import pytest
 import yaml
 
 from lvm import LvmError
-from lvm.config import DEFAULTS, load_params, validate
+from lvm.config import SCHEMA, load_params, repository_params, validate
 
-from conftest import REPO
+from conftest import REPO, REPO_PARAMS, merge
 
 
 def _load(tmp_path, given):
+    """Load the repository's params.yaml with `given` merged in (a string: the file's whole text)."""
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(given) if not isinstance(given, str) else given)
+    path.write_text(yaml.safe_dump(merge(REPO_PARAMS, given)) if not isinstance(given, str) else given)
     return load_params(path)
-
-
-def test_repo_params_file_is_valid():
-    p = load_params(REPO / "params.yaml")
-    assert set(p) == set(DEFAULTS)
-    assert p["data"]["context_length"] >= 1
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
-        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "overrides"
+                   else {f"{prefix}{key}": value})
     return out
 
 
-def test_repo_params_file_holds_every_default():
-    # DEFAULTS is what a key left out of a params file means: the repository's params.yaml, key for key
-    # (as written in the file, before any loading fills or converts a value)
-    given = _leaves(yaml.safe_load((REPO / "params.yaml").read_text()))
-    defaults = _leaves(DEFAULTS)
-    assert sorted(given) == sorted(defaults)
-    differ = {k: (given[k], defaults[k]) for k in defaults
-              if given[k] != defaults[k] or type(given[k]) is not type(defaults[k])}
-    assert differ == {}, "params.yaml vs lvm.config.DEFAULTS: " + str(differ)
+def test_repo_params_file_sets_exactly_the_schemas_keys():
+    p = load_params(REPO / "params.yaml")
+    assert sorted(_leaves(p)) == sorted(_leaves(SCHEMA)) == sorted(_leaves(REPO_PARAMS))
+    assert p == repository_params() and p["data"]["context_length"] >= 1
+    assert validate(p) == p  # a validated dict validates to itself
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    assert _load(tmp_path, "") == DEFAULTS
-    assert validate(copy.deepcopy(DEFAULTS)) == DEFAULTS
+def test_the_values_are_the_files():
+    # nothing fills or changes a value: the loaded params are the file's own (ints of number keys as floats)
+    given = _leaves(REPO_PARAMS)
+    loaded = _leaves(load_params(REPO / "params.yaml"))
+    assert loaded == given
+    assert all(type(loaded[k]) is float for k, kind in _leaves(SCHEMA).items() if kind is float)
 
 
-def test_partial_section_keeps_other_defaults(tmp_path):
+@pytest.mark.parametrize("missing", ["train.ema", "export.split.val", "model.anchor", "evaluate", "overrides"])
+def test_a_missing_key_is_named_not_filled(tmp_path, missing):
+    given = merge(REPO_PARAMS, {})
+    *path, last = missing.split(".")
+    section = given
+    for key in path:
+        section[key] = dict(section[key])
+        section = section[key]
+    del section[last]
+    with pytest.raises(LvmError, match=rf"^params: {missing.replace('.', '[.]')}: missing \(params.yaml sets every key"):
+        _load(tmp_path, yaml.safe_dump(given))
+
+
+def test_numbers_read_as_the_keys_type(tmp_path):
     p = _load(tmp_path, {"export": {"overlap": 99}, "train": {"lr": 1}})
     assert p["export"]["overlap"] == 99
-    assert p["export"]["seed"] == DEFAULTS["export"]["seed"]
-    assert p["export"]["split"] == DEFAULTS["export"]["split"]
     assert p["train"]["lr"] == 1.0 and isinstance(p["train"]["lr"], float)
-    assert p["data"] == DEFAULTS["data"]
-    assert DEFAULTS["export"]["overlap"] == 50  # loading never mutates the defaults
+    assert p["data"] == REPO_PARAMS["data"]
+    # YAML 1.1 reads 1e-4 (no dot) as text: refused with the fix, never taken as a string
+    with pytest.raises(LvmError, match=r"^params: train\.lr: expected a number, got '1e-4' \(YAML reads .* write 1\.0e-4\)"):
+        _load(tmp_path, yaml.safe_dump(REPO_PARAMS).replace("lr: 0.0002", "lr: 1e-4"))
 
 
 @pytest.mark.parametrize("given, key", [

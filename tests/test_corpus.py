@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from lvm.config import DEFAULTS, validate, _merge
+from lvm.config import repository_params, validate
 from lvm.corpus import chunk_text, clean_wikitext, iter_pages, split_sentences
 
-from conftest import SHORT_ARTICLES
+from conftest import SHORT_ARTICLES, merge
 
 
 def words(n, start=0):
@@ -150,7 +150,7 @@ def ingested(tmp_path_factory, small_wiki):
     from lvm.stages import ingest
 
     out = tmp_path_factory.mktemp("ingest")
-    p = validate(_merge(DEFAULTS, {"ingest": {"source": str(small_wiki), "max_articles": 3}}, ""))
+    p = validate(merge(repository_params(), {"ingest": {"source": str(small_wiki), "max_articles": 3}}))
     stats = ingest.run(p, out=str(out / "corpus" / "vectors.npz"), stats_path=str(out / "corpus" / "stats.json"))
     return p, stats, out / "corpus"
 

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import BIN, REPO, merge, stage_env, write_vectors
 from lvm.models import MODEL_PARAMS
-from lvm.config import DEFAULTS
+from lvm.config import repository_params
 from lvm.pipeline import experiments
 from test_train import TINY_SIZES
 
@@ -33,9 +33,9 @@ def test_dvc_yaml_declares_exactly_the_params_each_training_stage_reads():
         stage = stages[f"train_{experiment}"]
         assert f"--model {model} " in stage["cmd"] + " " and f"--experiment {experiment}" in stage["cmd"]
         # an experiment with overrides (train_retrieval) reruns when they change, and only it
-        overrides = [f"overrides.{experiment}"] if experiment in DEFAULTS["overrides"] else []
+        overrides = [f"overrides.{experiment}"] if experiment in repository_params()["overrides"] else []
         assert sorted(stage["params"]) == sorted(["train", *(f"model.{k}" for k in MODEL_PARAMS[model]), *overrides])
-    assert set(DEFAULTS["overrides"]) <= set(EXPERIMENTS)  # every experiment with overrides has its stage
+    assert set(repository_params()["overrides"]) <= set(EXPERIMENTS)  # every experiment with overrides has its stage
 
 
 @pytest.fixture(scope="module")

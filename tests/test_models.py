@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lvm.config import DEFAULTS
+from lvm.config import SCHEMA, repository_params
 from lvm.models import _REGISTRY, MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
 
 D, L, B = 16, 20, 3
@@ -119,7 +119,7 @@ def test_unknown_name_lists_valid_names():
 def test_unused_keys_ignored_used_keys_validated():
     model = create_model("lstm", input_dim=D, context_length=L, hidden_dim=32, chunk_size=7, memory_slots=-1,
                          whatever="x")
-    defaults = DEFAULTS["model"]
+    defaults = repository_params()["model"]
     assert model.config == {"name": "lstm", "input_dim": D, "context_length": L, "hidden_dim": 32,
                             "lstm_layers": defaults["lstm_layers"], "dropout": defaults["dropout"],
                             "anchor": defaults["anchor"], "normalize": "none"}
@@ -145,15 +145,16 @@ def test_model_params_cover_defaults():
     assert "memory_slots" not in MODEL_PARAMS["gru"]
     for name, keys in MODEL_PARAMS.items():
         assert "dropout" in keys and "anchor" in keys
-    # every model.* key of params is read by some model, and every key a model reads has its default there
-    assert set().union(*MODEL_PARAMS.values()) == set(DEFAULTS["model"])
+    # every model.* key of params is read by some model, and every key a model reads is one of params.yaml's
+    assert set().union(*MODEL_PARAMS.values()) == set(SCHEMA["model"])
+    shipped = repository_params()["model"]
     for name, keys in MODEL_PARAMS.items():
-        # the constructors have no defaults of their own: the one place is lvm.config.DEFAULTS
+        # the constructors have no defaults of their own: the one place is params.yaml
         signature = inspect.signature(_REGISTRY[name].__init__).parameters
         assert all(signature[k].default is inspect.Parameter.empty for k in keys), name
-        # a model built without params takes exactly those defaults
+        # a model built without params takes exactly params.yaml's values
         config = create_model(name, input_dim=D, context_length=L).config
-        assert {k: config[k] for k in keys} == {k: DEFAULTS["model"][k] for k in keys}, name
+        assert {k: config[k] for k in keys} == {k: shipped[k] for k in keys}, name
 
 
 @pytest.mark.parametrize("length", [50, 200])

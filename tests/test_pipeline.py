@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO
 from lvm import LvmError
 from lvm.checkpoints import load_checkpoint
-from lvm.config import DEFAULTS, _merge, for_experiment, validate
+from lvm.config import for_experiment, load_params, validate
 from lvm.pipeline import experiments, labels, windows_dir
 from test_train import TINY, data_dir  # noqa: F401  (shared module fixture)
 
@@ -58,30 +58,43 @@ def test_evaluate_and_the_plots_read_every_experiment():
 
 
 def test_overrides_change_only_their_experiment():
-    p = validate(_merge(DEFAULTS, TINY, ""))
+    p = validate(TINY)
     retrieval = for_experiment(p, "retrieval")
     assert (retrieval["model"]["anchor"], retrieval["train"]["loss"]) == ("last", "infonce")
-    shared = (TINY["model"].get("anchor", DEFAULTS["model"]["anchor"]), TINY["train"].get("loss", DEFAULTS["train"]["loss"]))
+    shared = (TINY["model"]["anchor"], TINY["train"]["loss"])
     assert shared != ("last", "infonce") and (p["model"]["anchor"], p["train"]["loss"]) == shared  # they stay
     assert for_experiment(p, "baseline") is p
-    # a user's overrides merge into the shipped ones, typed like the shared key
-    q = validate(_merge(DEFAULTS, {**TINY, "overrides": {"retrieval": {"train": {"epochs": 3}}}}, ""))
+    # an experiment's overrides are exactly what the file says, typed like the shared key
+    q = validate({**TINY, "overrides": {"retrieval": {"train": {"epochs": 3, "lr": 1}}}})
     r = for_experiment(q, "retrieval")
-    assert r["train"]["epochs"] == 3 and r["train"]["loss"] == "infonce" and q["train"]["epochs"] == TINY["train"]["epochs"]
+    assert r["train"]["epochs"] == 3 and q["train"]["epochs"] == TINY["train"]["epochs"]
+    assert r["train"]["lr"] == 1.0 and isinstance(r["train"]["lr"], float)
+    assert (r["model"]["anchor"], r["train"]["loss"]) == shared
 
 
 @pytest.mark.parametrize("given, message", [
     ({"retrieval": {"train": {"bogus": 1}}}, r"params: overrides\.retrieval\.train\.bogus: unknown key"),
     ({"retrieval": {"train": {"epochs": "many"}}}, r"params: overrides\.retrieval\.train\.epochs: expected an integer"),
-    ({"retrieval": {"train": {"loss": "hinge"}}}, r"params: overrides\.retrieval: train\.loss: must be one of"),
-    ({"retrieval": {"model": {"anchor": "first"}}}, r"params: overrides\.retrieval: model\.anchor: must be one of"),
+    ({"retrieval": {"train": {"loss": "hinge"}}}, r"params: overrides\.retrieval\.train\.loss: must be one of"),
+    ({"retrieval": {"model": {"anchor": "first"}}}, r"params: overrides\.retrieval\.model\.anchor: must be one of"),
     ({"retrieval": {"train": {"epochs": 0}}}, r"params: overrides\.retrieval: train\.epochs: must be >= 1"),
     ({"retrieval": {"evaluate": {"n_boot": 5}}}, r"params: overrides\.retrieval\.evaluate: unknown section"),
-    ({"baseline": {"train": {"lr": 0.1}}}, r"params: overrides\.baseline: unknown key"),
+    ({"retrieval": {"model": {"hidden_dim": 31}}}, r"params: overrides\.retrieval: model\.transformer_heads"),
 ])
 def test_a_bad_override_fails_at_load_by_name(given, message):
     with pytest.raises(LvmError, match=message):
-        validate(_merge(DEFAULTS, {**TINY, "overrides": given}, ""))
+        validate({**TINY, "overrides": given})
+
+
+def test_overrides_name_experiments_of_the_pipeline_beside_the_params_file(tmp_path):
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**TINY, "overrides": {"baseline": {"train": {"lr": 0.1}}}}))
+    assert load_params(params)["overrides"] == {"baseline": {"train": {"lr": 0.1}}}  # any train_<experiment> stage
+    params.write_text(yaml.safe_dump({**TINY, "overrides": {"retreival": {"train": {"lr": 0.1}}}}))
+    with pytest.raises(LvmError, match=r"^params: overrides\.retreival: unknown experiment \(the train_<experiment> "
+                                       r"stages of .*dvc\.yaml: baseline, hierarchical, memory, retrieval\)"):
+        load_params(params)
 
 
 def test_the_train_stage_trains_with_its_experiments_overrides(tmp_path, monkeypatch, data_dir):  # noqa: F811
@@ -94,7 +107,7 @@ def test_the_train_stage_trains_with_its_experiments_overrides(tmp_path, monkeyp
         train.main(["--model", "gru", "--experiment", experiment, "--data", str(data_dir), "--params", str(params),
                     "--models", "models", "--metrics", "metrics", "--live", "dvclive", "--no-progress"])
     got = {e: load_checkpoint(tmp_path / f"models/{e}/best.pt")["model_config"] for e in ("retrieval", "baseline")}
-    shared = validate(_merge(DEFAULTS, TINY, ""))
+    shared = validate(TINY)
     assert got["retrieval"]["anchor"] == "last" and got["baseline"]["anchor"] == shared["model"]["anchor"] != "last"
     recorded = {e: json.loads((tmp_path / f"metrics/train_{e}.json").read_text())["loss"]
                 for e in ("retrieval", "baseline")}

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SIMPLE_TRAINING, merge, write_vectors
-from lvm.config import DEFAULTS, _merge, validate
+from conftest import REPO_PARAMS, SIMPLE_TRAINING, merge, write_vectors
+from lvm.config import validate
 from lvm.data import WindowDataset, export_windows, load_corpus
 from lvm.checkpoints import load_checkpoint, load_model, predict
 from lvm.losses import compute_loss
 from lvm.training import run
 
-# tiny sizes (merged into the repository's params.yaml by the DVC tests)
+# tiny sizes
 TINY_SIZES = {
     "data": {"context_length": 10},
     "model": {"hidden_dim": 16, "chunk_size": 5, "memory_slots": 32, "transformer_ff": 32,
@@ -21,13 +21,11 @@ TINY_SIZES = {
     "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "threads": 1},
     "evaluate": {"n_boot": 50},
 }
-TINY = merge(SIMPLE_TRAINING, TINY_SIZES)
+TINY = merge(merge(REPO_PARAMS, SIMPLE_TRAINING), TINY_SIZES)  # a whole params file
 
 
 def tiny_params(**train):
-    p = _merge(DEFAULTS, TINY, "")
-    p["train"].update(train)
-    return validate(p)
+    return validate(merge(TINY, {"train": train}))
 
 
 @pytest.fixture(scope="module")

@@ -267,7 +267,7 @@ class Ridge(Baseline):
 
     def __init__(
         self,
-        k: int = 5,
+        k: int,  # evaluate.ridge_k
         lam: float = 1.0,
         lambda_grid: Sequence[float] | None = None,
         holdout_mod: int = 5,
@@ -372,8 +372,8 @@ _CFG_KEYS = {"baselines", "ridge_k", "ridge_lambda", "ridge_lambda_grid", "exp_d
 def make_baselines(cfg: dict | None = None) -> dict[str, Baseline]:
     """Unfitted baselines from a config dict, in registry order.
 
-    Keys (all optional): ``baselines`` (list of names, default all),
-    ``ridge_k`` (5), ``ridge_lambda`` (1.0), ``ridge_lambda_grid`` (None: use
+    Keys: ``baselines`` (list of names, default all), ``ridge_k`` (required
+    when ridge is built: evaluate.ridge_k in params.yaml), ``ridge_lambda`` (1.0), ``ridge_lambda_grid`` (None: use
     ridge_lambda as is; a list, or "default", picks lambda on a held-out slice
     of TRAIN), ``exp_decay_grid`` (DEFAULT_DECAYS).  Unknown keys raise, so a
     typo cannot silently fall back to a default.
@@ -394,7 +394,9 @@ def make_baselines(cfg: dict | None = None) -> dict[str, Baseline]:
         if name not in names:
             continue
         if name == "ridge":
-            out[name] = Ridge(k=cfg.get("ridge_k", 5), lam=cfg.get("ridge_lambda", 1.0), lambda_grid=grid)
+            if "ridge_k" not in cfg:
+                raise ValueError("ridge needs ridge_k (the context vectors it reads: evaluate.ridge_k)")
+            out[name] = Ridge(k=cfg["ridge_k"], lam=cfg.get("ridge_lambda", 1.0), lambda_grid=grid)
         elif name == "exp_decay_mean":
             out[name] = ExpDecayMean(decays=cfg.get("exp_decay_grid", DEFAULT_DECAYS))
         else:

@@ -1,18 +1,21 @@
-"""One loader and the one validator for params.yaml: fills defaults, rejects unknown keys and bad
-values by name (one `params: KEY: ...` error).
+"""One loader and the one validator for params.yaml: every key must be there, unknown keys and bad
+values fail by name (one `params: KEY: ...` error).
 
 Stages call `load_params()` and read only their own sections; dvc.yaml declares the same keys per
 stage so `dvc exp run -S section.key=value` reruns exactly the stages that read that key.
 
-Defaults: DEFAULTS below holds every key with the value the repository's params.yaml gives it
-(tests/test_config.py fails when the two differ), so a key missing from a user's params.yaml means
-what the shipped params.yaml says. The models take no defaults of their own: `create_model` fills
-missing model keys from DEFAULTS["model"] and checks them with `check_model`, which is also what
-validates the model section here and a checkpoint's model config.
+Values live in one place, params.yaml (with a comment per key). This module holds only what a key
+may be: SCHEMA gives each key's type or its allowed values, `_validate` the ranges and the checks
+across keys. A key missing from the file is an error naming it (DVC reads the same file and would
+otherwise track a value nobody wrote down). Code that builds a model or a run outside a stage
+(tests, benchmarks, `python -m lvm.models`) starts from `repository_params()`, the repository's own
+params.yaml. The models take no defaults of their own: `create_model` checks their keys with
+`check_model`, which is also what validates the model section here and a checkpoint's model config.
 """
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import yaml
@@ -20,106 +23,39 @@ import yaml
 from lvm import LvmError
 
 PARAMS_FILE = "params.yaml"
+# the repository's own params.yaml (src/lvm/config.py -> the checkout's root; the package is
+# installed editable, `pip install -e .`)
+REPOSITORY_PARAMS = Path(__file__).resolve().parents[2] / PARAMS_FILE
 # sections an experiment's overrides may change (the ones its train stage reads)
 OVERRIDABLE = ("model", "train")
 
-DEFAULTS: dict = {
-    "data": {
-        "vectors": "data/corpus/vectors.npz",  # the npz every downstream stage reads
-        "context_length": 100,
-        "trust_pickle": False,  # allow object (pickled) keys such as concept_texts in your own npz
-        "stream_block": 2000,  # pseudo-article size when a file has no article_indices
-    },
-    "ingest": {
-        "source": "default",  # "default" = the Wikipedia shard shipped in gensim, or a *.xml.bz2 dump
-        "encoder": "minilm",  # minilm (384-D) | mpnet (768-D)
-        "precision": "auto",  # encoder weights: auto (bf16 where the CPU has native bf16, else fp32) | bf16 | fp32
-        "batch_size": 64,
-        "max_words": 15,
-        "min_words": 3,
-        "max_articles": 0,  # 0 = all; small values for smoke tests
-    },
-    "export": {
-        "overlap": 50,
-        "test_stride": 1,  # stride of test windows: 1 scores every target of the held-out articles
-        "val_stride": 5,  # stride of val windows; 0 = the train stride (context_length - overlap)
-        "min_target_position": 0,  # targets only at positions >= this in their article; 0 = context_length
-        "seed": 42,
-        "split": {"train": 0.8, "val": 0.1, "test": 0.1},
-    },
-    "model": {
-        "hidden_dim": 512,
-        "dropout": 0.0,
-        "lstm_layers": 2,
-        "gru_layers": 4,
-        "transformer_layers": 4,
-        "transformer_heads": 8,
-        "transformer_ff": 2048,
-        "amn_hidden": 384,
-        "chunk_size": 10,
-        "hierarchy_layers": 2,
-        "memory_slots": 2048,
-        "memory_layers": 4,
-        "anchor": "decay_mean",  # none | last | decay_mean: raw prediction = anchor baseline + learned remainder
-    },
-    "train": {
-        "seed": 42,
-        "epochs": 30,
-        "batch_size": 32,
-        "lr": 2e-4,
-        "weight_decay": 0.01,
-        "grad_clip": 1.0,
-        "loss": "cosine",  # mse | cosine | infonce | mse+infonce | cosine+infonce
-        "infonce_tau": 0.07,
-        "infonce_weight": 0.05,  # weight of the InfoNCE term in a mixture
-        "lr_patience": 3,
-        "lr_factor": 0.5,
-        "device": "auto",  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
-        "precision": "auto",  # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16 (autocast)
-        "bf16_contexts": True,  # with precision bf16: gather training contexts from a bf16 table (2.2x loader)
-        "threads": 0,  # torch intra-op threads; 0 = all cores
-        "window_stride": 1,  # stride of TRAINING windows inside train articles; 0 = as exported
-        "max_train_windows": 250,  # 0 = all; caps windows per epoch (a new seeded subsample each epoch)
-        "resume": False,
-        "nproc": 1,  # processes on this node; > 1 relaunches `python -m lvm.stages.train` through torchrun (DDP)
-        "mmap": "auto",  # read split vectors through a memory map: auto | true | false (see README)
-        "targets": "all",  # last (one target per window) | all (the next vector after every position)
-        "min_context": 1,  # with targets all: positions with fewer context vectors are not scored
-        "normalize": "robust",  # none | center | standard | robust: per-dimension, fitted on the train split
-        "patience": 3,  # stop after this many epochs without a lower val loss (0 = never)
-        "ema": 0.0,  # > 0: validate and save an exponential moving average of the weights (decay per step)
-        "article_fraction": 1.0,  # train on a seeded share of the train articles (data-scale curve)
-    },
-    "evaluate": {
-        "n_boot": 1000,
-        "ridge_k": 5,  # ridge baseline reads the last k context vectors; lambda is chosen on held-out train
-        "batch_size": 256,
-        # per-position curve: test cosine from the last k context vectors; k > L dropped, L always added
-        "curve_k": [1, 2, 5, 10, 20, 50, 100],
-        # the descriptive figures (the per-position curve, the analyze stage) read every Nth test window
-        # (stride N inside each article); the results table always scores every test window
-        "sample_stride": 4,
-    },
-    # experiment -> keys of the model/train sections its train_<experiment> stage trains with instead
-    # of the shared ones (`for_experiment`); only the experiments listed here take overrides
-    "overrides": {
-        "retrieval": {"model": {"anchor": "last"}, "train": {"loss": "infonce", "lr": 0.0005}},
-    },
+# What each key may be: a type (bool, int, float, str, list), a tuple of allowed values or a nested
+# section. float keys take integers too (read as floats); bool is no int; list: its elements are
+# checked in _validate (evaluate.curve_k).
+SCHEMA: dict = {
+    "data": {"vectors": str, "context_length": int, "trust_pickle": bool, "stream_block": int},
+    "ingest": {"source": str, "encoder": ("minilm", "mpnet"), "precision": ("auto", "bf16", "fp32"),
+               "batch_size": int, "max_words": int, "min_words": int, "max_articles": int},
+    "export": {"overlap": int, "test_stride": int, "val_stride": int, "min_target_position": int, "seed": int,
+               "split": {"train": float, "val": float, "test": float}},
+    "model": {"hidden_dim": int, "dropout": float, "lstm_layers": int, "gru_layers": int,
+              "transformer_layers": int, "transformer_heads": int, "transformer_ff": int, "amn_hidden": int,
+              "chunk_size": int, "hierarchy_layers": int, "memory_slots": int, "memory_layers": int,
+              "anchor": ("none", "last", "decay_mean")},
+    "train": {"seed": int, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float,
+              "grad_clip": float,
+              "loss": ("mse", "cosine", "infonce", "mse+infonce", "cosine+infonce"),
+              "infonce_tau": float, "infonce_weight": float, "lr_patience": int, "lr_factor": float,
+              "device": str, "precision": ("auto", "fp32", "bf16"), "bf16_contexts": bool, "threads": int,
+              "window_stride": int, "max_train_windows": int, "resume": bool, "nproc": int,
+              "mmap": ("auto", True, False), "targets": ("last", "all"), "min_context": int,
+              "normalize": ("none", "center", "standard", "robust"), "patience": int, "ema": float,
+              "article_fraction": float},
+    "evaluate": {"n_boot": int, "ridge_k": int, "batch_size": int, "curve_k": list, "sample_stride": int},
+    # experiment -> {model: {...}, train: {...}}: keys of those sections its train_<experiment>
+    # stage trains with instead of the shared ones (`for_experiment`); checked by `_check_overrides`
+    "overrides": dict,
 }
-
-CHOICES = {
-    ("ingest", "encoder"): ("minilm", "mpnet"),
-    ("ingest", "precision"): ("auto", "bf16", "fp32"),
-    ("train", "loss"): ("mse", "cosine", "infonce", "mse+infonce", "cosine+infonce"),
-    ("train", "precision"): ("auto", "fp32", "bf16"),
-    ("train", "targets"): ("last", "all"),
-    ("train", "normalize"): ("none", "center", "standard", "robust"),
-    ("model", "anchor"): ("none", "last", "decay_mean"),
-}
-
-# String params that also take true/false (YAML turns a bare true/false into a boolean).
-BOOL_OR_STR = {"train.mmap"}
-
 
 def _fail(key: str, msg: str):
     raise LvmError(f"params: {key}: {msg}")
@@ -135,62 +71,68 @@ def check_model(values: dict) -> dict:
     with their types and ranges checked; raises ValueError "model.KEY: what is wrong"."""
     out = dict(values)
     for key, value in values.items():
-        if key not in DEFAULTS["model"]:
+        if key not in SCHEMA["model"]:
             continue  # name, input_dim, ... of a checkpoint's config: checked by the model
         try:
-            out[key] = value = _coerce(DEFAULTS["model"][key], value)
+            out[key] = value = _coerce(SCHEMA["model"][key], value)
         except ValueError as e:
             raise ValueError(f"model.{key}: {e}") from None
         if key in MODEL_SIZES and value < 1:
             raise ValueError(f"model.{key}: must be >= 1, got {value}")
         if key == "dropout" and not 0.0 <= value < 1.0:
             raise ValueError(f"model.dropout: must be in [0, 1), got {value}")
-        if ("model", key) in CHOICES and value not in CHOICES["model", key]:
-            raise ValueError(f"model.{key}: must be one of {', '.join(CHOICES['model', key])}; got {value!r}")
-    hidden = out.get("hidden_dim", DEFAULTS["model"]["hidden_dim"])
-    if "transformer_heads" in out and hidden % out["transformer_heads"]:
-        raise ValueError(f"model.transformer_heads: must divide model.hidden_dim ({hidden})")
+    if "transformer_heads" in out and "hidden_dim" in out and out["hidden_dim"] % out["transformer_heads"]:
+        raise ValueError(f"model.transformer_heads: must divide model.hidden_dim ({out['hidden_dim']})")
     return out
 
 
-def _merge(defaults: dict, given: dict, prefix: str) -> dict:
-    out = copy.deepcopy(defaults)
-    for key, value in (given or {}).items():
+def _check(schema: dict, given, prefix: str) -> dict:
+    """`given` (one section) with every key of `schema` present and of its kind; fails naming the key."""
+    if not isinstance(given, dict):
+        _fail(prefix.rstrip(".") or PARAMS_FILE, f"expected a mapping, got {given!r}")
+    for key in given:
+        if key not in schema:
+            _fail(f"{prefix}{key}", f"unknown key (known: {', '.join(schema)})")
+    out = {}
+    for key, kind in schema.items():
         name = f"{prefix}{key}"
-        if key not in defaults:
-            _fail(name, f"unknown key (known: {', '.join(defaults)})")
-        default = defaults[key]
-        if prefix == "overrides." and isinstance(value, dict):
-            out[key] = _merge_override(default, value, name)
-        elif isinstance(default, dict):
-            if not isinstance(value, dict):
-                _fail(name, f"expected a mapping, got {value!r}")
-            out[key] = _merge(default, value, name + ".")
-        elif name in BOOL_OR_STR and isinstance(value, bool):
-            out[key] = value
+        if key not in given:
+            _fail(name, f"missing (params.yaml sets every key; the repository's {PARAMS_FILE} lists each "
+                        "one with its value and what it means)")
+        if name == "overrides":
+            out[key] = _check_overrides(given[key])
+        elif isinstance(kind, dict):
+            out[key] = _check(kind, given[key], name + ".")
         else:
             try:
-                out[key] = _coerce(default, value)
+                out[key] = _coerce(kind, given[key])
             except ValueError as e:
                 raise LvmError(f"params: {name}: {e}") from None
     return out
 
 
-def _merge_override(default: dict, given: dict, name: str) -> dict:
-    """An experiment's overrides: shipped ones, then the user's; each key one of the shared section's."""
-    out = copy.deepcopy(default)
-    for section, keys in given.items():
-        if section not in OVERRIDABLE:
-            _fail(f"{name}.{section}", f"unknown section (an experiment overrides only {', '.join(OVERRIDABLE)})")
-        if not isinstance(keys, dict):
-            _fail(f"{name}.{section}", f"expected a mapping, got {keys!r}")
-        for key, value in keys.items():
-            if key not in DEFAULTS[section] or isinstance(DEFAULTS[section][key], dict):
-                _fail(f"{name}.{section}.{key}", f"unknown key (known: {', '.join(DEFAULTS[section])})")
-            try:
-                out.setdefault(section, {})[key] = _coerce(DEFAULTS[section][key], value)
-            except ValueError as e:
-                raise LvmError(f"params: {name}.{section}.{key}: {e}") from None
+def _check_overrides(given) -> dict:
+    """overrides: experiment -> {model/train section -> keys of that shared section}."""
+    if not isinstance(given, dict):
+        _fail("overrides", f"expected a mapping of experiments, got {given!r}")
+    out = {}
+    for experiment, sections in given.items():
+        name = f"overrides.{experiment}"
+        if not isinstance(sections, dict):
+            _fail(name, f"expected a mapping, got {sections!r}")
+        out[experiment] = {}
+        for section, keys in sections.items():
+            if section not in OVERRIDABLE:
+                _fail(f"{name}.{section}", f"unknown section (an experiment overrides only {', '.join(OVERRIDABLE)})")
+            if not isinstance(keys, dict):
+                _fail(f"{name}.{section}", f"expected a mapping, got {keys!r}")
+            for key, value in keys.items():
+                if key not in SCHEMA[section]:
+                    _fail(f"{name}.{section}.{key}", f"unknown key (known: {', '.join(SCHEMA[section])})")
+                try:
+                    out[experiment].setdefault(section, {})[key] = _coerce(SCHEMA[section][key], value)
+                except ValueError as e:
+                    raise LvmError(f"params: {name}.{section}.{key}: {e}") from None
     return out
 
 
@@ -209,31 +151,48 @@ def for_experiment(p: dict, experiment: str) -> dict:
         raise LvmError(str(e).replace("params: ", f"params: overrides.{experiment}: ", 1)) from None
 
 
-def _coerce(default, value):
-    """`value` as the type of `default` (an int is a number; bool is no int); ValueError if it is not."""
-    if isinstance(default, bool):
+def _coerce(kind, value):
+    """`value` as a value of SCHEMA's `kind` (an int is a number; bool is no int); ValueError if it is not."""
+    if isinstance(kind, tuple):  # allowed values; `1` must not pass as `true`, nor `0` as `false`
+        if not any(value == allowed and type(value) is type(allowed) for allowed in kind):
+            shown = ", ".join(str(a).lower() if isinstance(a, bool) else a for a in kind)
+            raise ValueError(f"must be one of {shown}; got {value!r}")
+    elif kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true/false, got {value!r}")
-    elif isinstance(default, int):
+    elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {value!r}")
-    elif isinstance(default, float):
+    elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number, got {value!r}")
+            hint = " (YAML reads a number without a dot, such as 1e-4, as text: write 1.0e-4)" \
+                if isinstance(value, str) and _is_number(value) else ""
+            raise ValueError(f"expected a number, got {value!r}{hint}")
         value = float(value)
-    elif isinstance(default, list):
+    elif kind is list:  # (its elements: checked in _validate)
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {value!r}")
         value = list(value)
-    elif isinstance(default, str):
+    elif kind is str:
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {value!r}")
     return value
 
 
-def validate(p: dict) -> dict:
-    _validate(p)
-    for experiment in p.get("overrides", {}):  # a bad override fails now, not when its stage runs
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def validate(given: dict) -> dict:
+    """`given` (a params.yaml's sections) checked against SCHEMA, then the ranges and the checks
+    across keys, then every experiment's overrides; returns the values with ints read as floats where
+    a key is a number. Raises LvmError naming the key."""
+    p = _validate(_check(SCHEMA, given, ""))
+    for experiment in p["overrides"]:  # a bad override fails now, not when its stage runs
         for_experiment(p, experiment)
     return p
 
@@ -287,9 +246,6 @@ def _validate(p: dict) -> dict:
         check_model(model)
     except ValueError as e:
         raise LvmError(f"params: {e}") from None
-    for (section, key), allowed in CHOICES.items():
-        if section != "model" and p[section][key] not in allowed:  # (model: check_model above)
-            _fail(f"{section}.{key}", f"must be one of {', '.join(allowed)}; got {p[section][key]!r}")
     device = train["device"]
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         _fail("train.device", f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)")
@@ -320,8 +276,6 @@ def _validate(p: dict) -> dict:
     if train["batch_size"] % train["nproc"]:
         _fail("train.batch_size", f"must be divisible by train.nproc ({train['nproc']}): the global batch "
               f"is split evenly over the processes; got {train['batch_size']}")
-    if train["mmap"] not in ("auto", True, False):
-        _fail("train.mmap", f"must be auto, true or false; got {train['mmap']!r}")
     if p["ingest"]["min_words"] > p["ingest"]["max_words"] or p["ingest"]["min_words"] < 1:
         _fail("ingest.min_words", "must be between 1 and ingest.max_words")
     # checked here, before any work: evaluate would otherwise fail only after scoring every model
@@ -343,7 +297,7 @@ def _validate(p: dict) -> dict:
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict:
-    """Load, fill defaults and validate params.yaml; raise LvmError naming the bad key."""
+    """Load and validate a params.yaml; raise LvmError naming the file or the bad key."""
     path = Path(path)
     if not path.is_file():
         raise LvmError(f"{path}: params file not found")
@@ -353,4 +307,30 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
         raise LvmError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(given, dict):
         raise LvmError(f"{path}: expected a mapping of sections")
-    return validate(_merge(DEFAULTS, given, ""))
+    p = validate(given)
+    pipeline_file = path.parent / "dvc.yaml"  # the pipeline this params file belongs to, where there is one
+    if p["overrides"] and pipeline_file.is_file():
+        # its train_<experiment> stages, read here rather than through lvm.pipeline.experiments (which
+        # also checks their commands) so that the params loader imports no code any stage's outputs
+        # depend on (tests/test_imports.py)
+        try:
+            stages = (yaml.safe_load(pipeline_file.read_text()) or {}).get("stages") or {}
+        except (yaml.YAMLError, AttributeError):
+            stages = {}  # not this loader's to judge: the stage that reads dvc.yaml says what is wrong
+        known = [name[len("train_"):] for name in stages if name.startswith("train_")]
+        for experiment in p["overrides"]:
+            if experiment not in known:
+                _fail(f"overrides.{experiment}", f"unknown experiment (the train_<experiment> stages of "
+                      f"{pipeline_file}: {', '.join(known)})")
+    return p
+
+
+@functools.cache
+def _repository_params() -> dict:
+    return load_params(REPOSITORY_PARAMS)
+
+
+def repository_params() -> dict:
+    """The repository's own params.yaml, validated (a fresh copy each call): where code outside a
+    stage (tests, benchmarks, `python -m lvm.models`) takes the values it does not set itself."""
+    return copy.deepcopy(_repository_params())

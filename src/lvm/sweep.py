@@ -117,10 +117,10 @@ def check_same_targets(runs: list[dict]) -> None:
 
 
 def predictors(runs: list[dict]) -> tuple[list[str], list[str]]:
-    from lvm.baselines import make_baselines
+    from lvm.baselines import BASELINES
 
     ev = runs[0]["evaluate"]
-    known = set(make_baselines())  # every other predictor is an experiment's model (gru_retrieval too)
+    known = set(BASELINES)  # every other predictor is an experiment's model (gru_retrieval too)
     baselines = [n for n in ev if n in known]
     models = [n for n in ev if n not in known]
     return baselines, models

@@ -143,8 +143,11 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
             print(f"{experiment} epoch {epoch + 1:3d}/{cfg['epochs']}: train {row['train_loss']:.5f}  "
                   f"val {val['loss']:.5f}  val cos {val['cosine']:.4f}  lr {row['lr']:.1e}  "
                   f"{n / seconds:.0f} seq/s  {row['target_passes']:.1f} passes{'  *best' if improved else ''}")
-            save_last(last_path, model, opt, sched, ema, state)
-            saved_epoch = state.epoch
+            # signals held during the write: a Ctrl-C between mkstemp and atomic_path's cleanup stranded a
+            # models/<exp>/.last.pt.*.tmp once; held, it lands right after, with last.pt whole
+            with no_signals():
+                save_last(last_path, model, opt, sched, ema, state)
+                saved_epoch = state.epoch
             if cfg["patience"] and state.stale >= cfg["patience"]:
                 print(f"{experiment}: no val gain for {state.stale} epochs (train.patience); "
                       f"stopping after epoch {epoch + 1}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from lvm.config import CHOICES, DEFAULTS, check_model
+from lvm.config import SCHEMA, check_model, repository_params
 
 from .amn import AMNModel
 from .base import LatentVectorModel
@@ -33,17 +33,20 @@ MODEL_PARAMS: dict[str, tuple[str, ...]] = {name: cls.PARAMS for name, cls in _R
 def create_model(name: str, input_dim: int, context_length: int, normalize: str = "none",
                  **model_params) -> LatentVectorModel:
     """Build model `name`. `model_params` is the flat `model:` section of params.yaml: keys this
-    model does not read are ignored; missing keys take their lvm.config.DEFAULTS value, and every
-    value is checked there (ValueError naming the key; the models take no defaults). `normalize`
+    model does not read are ignored; missing keys take their value in the repository's params.yaml
+    (`lvm.config.repository_params`; the stages pass every key), and every value is checked by
+    `lvm.config.check_model` (ValueError naming the key; the models take no defaults). `normalize`
     (train.normalize) reserves the normalised space; its statistics come from training
     (`set_normalizer`) or the checkpoint's state_dict. With `model.anchor` the head's last layer
     starts at zero, so the fresh model predicts exactly its anchor baseline."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     cls = _REGISTRY[name]
-    used = check_model({k: model_params.get(k, DEFAULTS["model"][k]) for k in cls.PARAMS})
-    if normalize not in CHOICES["train", "normalize"]:
-        raise ValueError(f"train.normalize: must be one of {', '.join(CHOICES['train', 'normalize'])}; "
+    missing = [k for k in cls.PARAMS if k not in model_params]
+    shipped = repository_params()["model"] if missing else {}
+    used = check_model({k: model_params[k] if k in model_params else shipped[k] for k in cls.PARAMS})
+    if normalize not in SCHEMA["train"]["normalize"]:
+        raise ValueError(f"train.normalize: must be one of {', '.join(SCHEMA['train']['normalize'])}; "
                          f"got {normalize!r}")
     model = cls(input_dim=input_dim, context_length=context_length, normalize=normalize, **used)
     if model.anchor != "none":
