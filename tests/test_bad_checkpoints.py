@@ -415,3 +415,31 @@ def test_missing_or_broken_train_split_keeps_last_pt_and_curves(project, monkeyp
     assert exit_.value.code == 2 and err.count("error:") == 1 and "train.npz" in err
     now = {**outputs_of(project), "models/baseline/last.pt": (project / "models/baseline/last.pt").read_bytes()}
     assert now == keep
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_no_signals_holds_a_signal_received_by_another_thread_until_the_block_ends(sig):
+    """The kernel may hand a process's signal to any thread (torch's workers included); Python then runs
+    the handler in the main thread wherever it is. no_signals must hold it to the end of its block."""
+    import os
+    import threading
+    import time
+
+    from lvm.training import _Terminated, catch_termination, no_signals
+
+    restore = catch_termination()  # SIGTERM raises like Ctrl-C, as in a training run
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt) as raised:
+            with no_signals():
+                sender = threading.Thread(target=os.kill, args=(os.getpid(), sig))
+                sender.start()
+                sender.join()
+                for _ in range(50):  # bytecode boundaries where an unheld handler would run
+                    time.sleep(0.002)
+                steps.append("block finished")
+    finally:
+        restore()
+    assert steps == ["block finished"]
+    assert isinstance(raised.value, _Terminated) == (sig == signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

@@ -486,13 +486,21 @@ def catch_termination():
 
 @contextlib.contextmanager
 def no_signals():
-    """Hold SIGINT/SIGTERM until the block is done (delivered right after it)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT/SIGTERM until the block is done, then deliver the first one to the handler that was
+    in place. A Python-level handler, not pthread_sigmask: the kernel hands a process's signal to any
+    thread that does not block it (torch's OpenMP workers do not), and Python then runs the handler in
+    the main thread wherever it is, so masking the main thread alone held nothing (a stranded
+    models/<exp>/.last.pt.*.tmp in 2 of 2 interrupted runs)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in previous.items():  # (None: a handler set outside Python; the default then)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if held:
+            signal.raise_signal(held[0])
