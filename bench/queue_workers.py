@@ -32,6 +32,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from common import cpu_model  # noqa: E402
 from lvm.hardware import processes_running  # noqa: E402
+from lvm.pipeline import windows_dir  # noqa: E402
 
 SETTINGS = [("-j 1, train.threads 0", 1, 0), ("-j 2, train.threads 0", 2, 0), ("-j 2, train.threads 1", 2, 1)]
 
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiments", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--data", default=str(REPO / "data/ctx100"))
+    ap.add_argument("--data", default=str(REPO / windows_dir(REPO / "dvc.yaml")))
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_STUDIO_OFFLINE": "true",

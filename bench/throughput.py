@@ -357,7 +357,9 @@ def loader_bench(args) -> dict:
                                    "windows_per_s_bf16": res16[f"batch_{args.batch}"]["windows_per_s_median"],
                                    "memcpy_windows_per_s": _memcpy_rate(args.batch * args.context * dim, args),
                                    **res, "bf16": res16}
-    real = REPO / "data" / "ctx100" / "train.npz"
+    from lvm.pipeline import windows_dir  # dvc.yaml's vars: the one place the path lives
+
+    real = REPO / windows_dir(REPO / "dvc.yaml") / "train.npz"
     if real.is_file():
         res = eb.loader_bench(real, [args.batch], args.loader_seconds, 3, mmap=False)
         with np.load(real) as z:
