@@ -172,7 +172,7 @@ def child_model(spec: dict) -> dict:
     from lvm.models import count_parameters, create_model
     from lvm.models import fastrnn
     from lvm.runtime import set_threads, tune_malloc
-    from lvm.training import train_step
+    from lvm.training import make_optimizer, train_step
 
     set_threads(spec["threads"])  # as training does (includes its allocator setting)
     device = _resolve_device(spec["device"])
@@ -182,7 +182,7 @@ def child_model(spec: dict) -> dict:
     torch.manual_seed(0)
     model = create_model(spec["model"], input_dim=D, context_length=L,
                          **{**params["model"], **ORIGINAL_MODEL}).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    opt = make_optimizer(model, tcfg, device)  # fused on CUDA, as training
     g = torch.Generator().manual_seed(1)
     # targets "all" (train.targets: all): the model predicts the next vector at every position, the
     # loss averages over all B x L of them; "last": one target per window

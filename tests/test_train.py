@@ -239,3 +239,34 @@ def test_article_fraction_trains_on_a_seeded_share_of_train_articles(tmp_path, d
     assert kept == set(sub.kept_articles.tolist())
     assert set(np.unique(sub.restrided(1).window_articles()).tolist()) == kept  # restriding keeps the subset
     assert np.isin(sub.article_indices, sub.kept_articles).sum() == len(sub.kept_rows())
+
+
+def test_one_ahead_hands_out_every_batch_in_order_on_the_device():
+    from lvm.training import one_ahead
+
+    batches = [([i], torch.full((2, 3, 4), float(i)), torch.full((2, 4), float(-i))) for i in range(5)]
+    seen, sent = [], []
+
+    def source():  # records how far the prefetch has read when each batch is handed out
+        for b in batches:
+            sent.append(b[0][0])
+            yield b
+
+    for idx, ctx, tgt in one_ahead(source(), torch.device("cpu")):
+        seen.append(idx[0])
+        assert ctx.device.type == "cpu" and ctx[0, 0, 0].item() == idx[0] and tgt[0, 0].item() == -idx[0]
+        # batch k is handed out only after batch k+1 was gathered (the last one has nothing behind it)
+        assert sent[-1] == min(idx[0] + 1, 4)
+    assert seen == [0, 1, 2, 3, 4]
+    assert list(one_ahead(iter([]), torch.device("cpu"))) == []
+
+
+def test_optimizer_is_fused_on_cuda_only():
+    from lvm.training import make_optimizer
+
+    cfg = {"lr": 1e-3, "weight_decay": 0.01}
+    opt = make_optimizer(torch.nn.Linear(3, 3), cfg, torch.device("cpu"))
+    assert not opt.defaults.get("fused")
+    if torch.cuda.is_available():
+        gpu = make_optimizer(torch.nn.Linear(3, 3).cuda(), cfg, torch.device("cuda"))
+        assert gpu.defaults["fused"] is True

@@ -94,7 +94,7 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
     n_params = count_parameters(model)
     if rank:  # same initial weights on every rank (seeded above); distinct dropout draws
         torch.manual_seed(cfg["seed"] + 1000003 * rank)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = make_optimizer(model, cfg, device)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["lr_factor"], patience=cfg["lr_patience"])
     out = Path(models_dir) / experiment
     last_path = out / "last.pt"
@@ -323,6 +323,36 @@ def train_step(model, ctx: torch.Tensor, tgt: torch.Tensor, optimizer, cfg: dict
     return loss
 
 
+def make_optimizer(model, cfg: dict, device) -> torch.optim.AdamW:
+    """AdamW; on CUDA the fused kernel (one launch for every parameter instead of several per tensor:
+    the recurrent models are launch-bound there). CPU keeps the default (foreach) implementation."""
+    fused = torch.device(device).type == "cuda"
+    return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                             **({"fused": True} if fused else {}))
+
+
+def one_ahead(batches, device):
+    """Yield (idx, ctx, tgt) with ctx and tgt on `device`, sending batch k+1 before batch k is handed
+    out: on CUDA the copy is from pinned memory and non-blocking, so it overlaps batch k's step.
+    On CPU `.to` is a no-op and the order of gathering is the only difference."""
+    cuda = torch.device(device).type == "cuda"
+
+    def send(batch):
+        idx, ctx, tgt = batch
+        if cuda:
+            return idx, ctx.pin_memory().to(device, non_blocking=True), tgt.pin_memory().to(device, non_blocking=True)
+        return idx, ctx.to(device), tgt.to(device)
+
+    ahead = None
+    for batch in batches:
+        batch = send(batch)
+        if ahead is not None:
+            yield ahead
+        ahead = batch
+    if ahead is not None:
+        yield ahead
+
+
 def train_epoch(model, ddp, opt, ema, train_ds: WindowDataset, cfg: dict, epoch: int, device, rank: int,
                 world: int, experiment: str, bar: bool) -> tuple[float, int, float]:
     """One epoch of training steps: (summed loss, windows, seconds), the sums over all ranks."""
@@ -335,7 +365,7 @@ def train_epoch(model, ddp, opt, ema, train_ds: WindowDataset, cfg: dict, epoch:
                                limit=cfg["max_train_windows"], rank=rank, world=world, all_targets=all_targets)
     batches = tqdm(batches, total=-(-n_epoch // cfg["batch_size"]), leave=False, mininterval=2.0,
                    desc=f"{experiment} epoch {epoch + 1}/{cfg['epochs']}", disable=not bar)
-    for k, (idx, ctx, tgt) in enumerate(batches):
+    for k, (idx, ctx, tgt) in enumerate(one_ahead(batches, device)):
         # This rank's share of the global batch: DDP averages gradients over ranks, so the loss is
         # weighted by share * world / global size to give the global batch's mean (1 unless the
         # last batch splits unevenly). An empty share runs one window at weight 0.
@@ -343,10 +373,10 @@ def train_epoch(model, ddp, opt, ema, train_ds: WindowDataset, cfg: dict, epoch:
         weight = len(tgt) * world / size
         if not len(tgt):
             idx = [0]
-            ctx, tgt = train_ds.batch(idx, all_targets)
+            ctx, tgt = (t.to(device) for t in train_ds.batch(idx, all_targets))
         rows, articles = target_ids(train_ds, idx, all_targets, cfg["min_context"])
         try:
-            loss = train_step(model, ctx.to(device), tgt.to(device), opt, cfg, all_targets, rows, articles,
+            loss = train_step(model, ctx, tgt, opt, cfg, all_targets, rows, articles,
                               weight, forward=ddp)
         except NonFiniteLoss as e:
             raise LvmError(f"training {experiment}: loss is {e.args[0]} at epoch {epoch + 1}, batch {k + 1}; "
