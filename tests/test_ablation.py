@@ -46,6 +46,8 @@ def test_levers_and_data_scale(workdir):
     assert out["runs"][0]["train"]["best_target_passes"] > out["runs"][1]["train"]["best_target_passes"]
     table = (workdir / "out/ablation.md").read_text()
     assert "| targets=last |" in table and best in table
+    # the default row is train_baseline's own setting: the shared params with overrides.baseline
+    assert f"dropout {repository_params()['overrides']['baseline']['model']['dropout']}," in table
     main(args + ["--data-scale"])
     scale = json.loads((workdir / "out/data_scale.json").read_text())
     targets = [r["train"]["unique_train_targets"] for r in scale["runs"]]
