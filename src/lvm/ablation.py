@@ -25,6 +25,7 @@ import torch
 
 from lvm.entry import stage
 from lvm.config import for_experiment, load_params
+from lvm.pipeline import experiments as pipeline_experiments
 from lvm.pipeline import windows_dir
 from lvm.data import WindowDataset
 from lvm.io import write_json, write_text
@@ -48,12 +49,13 @@ LEVERS = [
 ]
 
 
-def experiment_rows(p: dict, ablated: str) -> list[tuple[str, str, dict]]:
-    """One row per other experiment of params.yaml's `overrides` (train_retrieval's gru): its keys as
-    levers (applied to the shared params, as its stage applies them)."""
+def experiment_rows(p: dict, ablated: str, model: str) -> list[tuple[str, str, dict]]:
+    """One row per other experiment of params.yaml's `overrides` that trains the same model
+    (train_retrieval's gru): its keys as levers (on the shared params, as its stage applies them)."""
     rows = []
+    same_model = [e for e, m in pipeline_experiments().items() if m == model and e != ablated]
     for experiment, sections in p["overrides"].items():
-        if experiment == ablated:
+        if experiment not in same_model:
             continue
         flat = {f"{section}.{key}": value for section, keys in sections.items() for key, value in keys.items()}
         what = ", ".join(f"{k.split('.')[1]}={v}" for k, v in flat.items())
@@ -229,7 +231,7 @@ def main(argv=None):
     else:
         variants = [(*v, p) for v in LEVERS if not v[2] or distinct(p, v[2])]
         # another experiment: all its keys, on the shared params as its own stage has them
-        variants += [(*v, shared) for v in experiment_rows(shared, args.experiment) if apply(shared, v[2]) != p]
+        variants += [(*v, shared) for v in experiment_rows(shared, args.experiment, args.model) if apply(shared, v[2]) != p]
         variants = [v for v in variants if not args.only or v[0] in args.only]
     for name, what, overrides, base in variants:
         print(f"--- {name}: {what}", flush=True)
