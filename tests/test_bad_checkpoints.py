@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from conftest import REPO, stage_args, stage_env, write_vectors
+from lvm.config import for_experiment
 from lvm.models import create_model
 from lvm.checkpoints import load_checkpoint
 from lvm.pipeline import experiments
@@ -55,7 +56,8 @@ def workspace(tmp_path_factory):
     p["data"]["vectors"] = str(root / "vectors.npz")
     export_ctx100.run(p, out_dir=str(root / "data/ctx100"), metadata=str(root / "data/ctx100/metadata_ctx100.json"))
     for experiment, model in EXPERIMENTS.items():
-        run(p, model, experiment, data_dir=str(root / "data/ctx100"), models_dir=str(root / "models"),
+        # with the experiment's own overrides, as its stage trains it (a resumed stage compares configs)
+        run(for_experiment(p, experiment), model, experiment, data_dir=str(root / "data/ctx100"), models_dir=str(root / "models"),
             metrics_dir=str(root / "metrics"), live_dir=str(root / "dvclive"), progress=False)
     for out in ("metrics/evaluate.json", "metrics/results.md", "metrics/memory_slots.json", "plots/memory_slots.png"):
         (root / out).parent.mkdir(parents=True, exist_ok=True)
@@ -306,7 +308,7 @@ def project(workspace, tmp_path):
 
 
 def train_baseline(root, **train_cfg):
-    p = tiny_params(**train_cfg)
+    p = for_experiment(tiny_params(**train_cfg), "baseline")  # as the train_baseline stage reads them
     return run(p, "gru", "baseline", data_dir=str(root / "data/ctx100"), models_dir=str(root / "models"),
                metrics_dir=str(root / "metrics"), live_dir=str(root / "dvclive"), progress=False)
 

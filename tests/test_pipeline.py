@@ -63,7 +63,7 @@ def test_overrides_change_only_their_experiment():
     assert (retrieval["model"]["anchor"], retrieval["train"]["loss"]) == ("last", "infonce")
     shared = (TINY["model"]["anchor"], TINY["train"]["loss"])
     assert shared != ("last", "infonce") and (p["model"]["anchor"], p["train"]["loss"]) == shared  # they stay
-    assert for_experiment(p, "baseline") is p
+    assert for_experiment(p, "hierarchical") is p  # an experiment without overrides
     # an experiment's overrides are exactly what the file says, typed like the shared key
     q = validate({**TINY, "overrides": {"retrieval": {"train": {"epochs": 3, "lr": 1}}}})
     r = for_experiment(q, "retrieval")
