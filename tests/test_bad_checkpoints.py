@@ -429,19 +429,25 @@ def test_no_signals_holds_a_signal_received_by_another_thread_until_the_block_en
 
     from lvm.training import _Terminated, catch_termination, no_signals
 
-    restore = catch_termination()  # SIGTERM raises like Ctrl-C, as in a training run
-    steps = []
+    # Python's own Ctrl-C handler, whatever this process inherited: a test run started in the background
+    # by a shell (`pytest &`) begins with SIGINT ignored, and no Ctrl-C would ever arrive
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with pytest.raises(KeyboardInterrupt) as raised:
-            with no_signals():
-                sender = threading.Thread(target=os.kill, args=(os.getpid(), sig))
-                sender.start()
-                sender.join()
-                for _ in range(50):  # bytecode boundaries where an unheld handler would run
-                    time.sleep(0.002)
-                steps.append("block finished")
+        restore = catch_termination()  # SIGTERM raises like Ctrl-C, as in a training run
+        steps = []
+        try:
+            with pytest.raises(KeyboardInterrupt) as raised:
+                with no_signals():
+                    sender = threading.Thread(target=os.kill, args=(os.getpid(), sig))
+                    sender.start()
+                    sender.join()
+                    for _ in range(50):  # bytecode boundaries where an unheld handler would run
+                        time.sleep(0.002)
+                    steps.append("block finished")
+        finally:
+            restore()
+        assert steps == ["block finished"]
+        assert isinstance(raised.value, _Terminated) == (sig == signal.SIGTERM)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     finally:
-        restore()
-    assert steps == ["block finished"]
-    assert isinstance(raised.value, _Terminated) == (sig == signal.SIGTERM)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+        signal.signal(signal.SIGINT, inherited)
