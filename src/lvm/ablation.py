@@ -136,11 +136,11 @@ def ci(v: dict, key: str) -> str:
     return f"{v[key]:+.4f}{interval}"
 
 
-def ablation_table(model: str, rows: list[dict], ref: dict, p: dict) -> str:
+def ablation_table(model: str, experiment: str, rows: list[dict], ref: dict, p: dict) -> str:
     best = ref["best"]
     t = p["train"]
     lines = [
-        f"Ablation of `{model}` (train_baseline) at the default budget: each row changes one lever of "
+        f"Ablation of `{model}` (train_{experiment}) at the default budget: each row changes one lever of "
         f"its setting in params.yaml (targets {t['targets']}, anchor {p['model']['anchor']}, normalize {t['normalize']}, "
         f"loss {t['loss']}, weight EMA {t['ema']}, dropout {p['model']['dropout']}, {t['max_train_windows']} windows/epoch, up to {t['epochs']} epochs, patience "
         f"{t['patience']}). Scored like `evaluate`: prediction after the whole context; the difference is "
@@ -249,7 +249,7 @@ def main(argv=None):
         data_scale_figure(rows, str(Path(args.plots_dir) / "data_scale.png"))
     else:
         write_json(out_dir / "ablation.json", out)
-        write_text(out_dir / "ablation.md", ablation_table(args.model, rows, ref, p))
+        write_text(out_dir / "ablation.md", ablation_table(args.model, args.experiment, rows, ref, p))
     # docs/experiments.md shows both tables (whichever exist) between its ablation markers: `make docs`
     parts = [f.read_text().strip() for f in (out_dir / "ablation.md", out_dir / "data_scale.md") if f.is_file()]
     write_text(out_dir / "ablation_section.md", "\n\n".join(parts) + "\n")
