@@ -64,6 +64,12 @@ def _float16_inf(path):
     raw(path, **{**a, "vectors": v})
 
 
+def _zero_rows(path):
+    a = good(path)
+    a["vectors"][[12, 40]] = 0.0  # padding rows: finite, but no direction
+    raw(path, **a)
+
+
 def _uint64_ids(key):
     def write(path):
         a = good(path)
@@ -213,6 +219,7 @@ BAD = [
      ["vectors.npz", "'vectors'", "float32", "1 rows", "row 7, column 3", "1e+39"]),
     ("float64_far_below_float32", lambda p: _beyond_float32(p, 2, 0, -1e300), {}, ["'vectors'", "row 2"]),
     ("float16_inf", _float16_inf, {}, ["'vectors'", "row 4, column 1"]),
+    ("zero_rows", _zero_rows, {}, ["'vectors'", "2 all-zero rows", "first: row 12"]),
     ("uint64_article_ids_above_int64", _uint64_ids("article_indices"), {},
      ["vectors.npz", "'article_indices'", "int64", "row 11", str(2 ** 63 + 5)]),
     ("uint64_chunk_ids_above_int64", _uint64_ids("chunk_indices"), {}, ["'chunk_indices'", "int64", "row 11"]),
@@ -328,6 +335,18 @@ def test_file_without_article_indices_is_one_stream_and_says_so(tmp_path):
     assert len(warnings) == 1 and "article_indices" in warnings[0] and "ONE stream" in warnings[0]
     assert meta["article_ids_present"] is False and meta["notes"] == warnings
     assert meta["total_articles"] == 10
+
+
+def test_gaps_in_chunk_indices_are_reported_once(tmp_path):
+    def write(path):
+        a = good(path)
+        keep = np.ones(len(a["vectors"]), bool)
+        keep[[7, 8, 40]] = False  # rows dropped from two articles (e.g. after removing padding rows)
+        raw(path, **{k: v[keep] for k, v in a.items()})
+    r, meta, _ = _ok(tmp_path, write)
+    warnings = [line for line in r.stdout.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and meta["notes"] == warnings
+    assert "'chunk_indices' skips chunks inside 2 articles (2 gaps; first: article 10, chunk 6 then 9)" in warnings[0]
 
 
 def test_784_dim_file_works(tmp_path):

@@ -190,6 +190,32 @@ def test_sweep_script_draws_the_figure_from_exp_show_json(tmp_path):
         sweep.run(str(tmp_path / "bad.json"), str(tmp_path / "x.png"), str(tmp_path / "x.md"))
 
 
+def test_sweep_table_shows_each_models_paired_difference_to_the_best_baseline(tmp_path):
+    from lvm import sweep
+
+    show = _show([_exp("a", 5, 20), _exp("b", 20, 20)])
+    for i, exp in enumerate(show[1]["experiments"]):
+        ev = exp["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]
+        for j, name in enumerate(("gru", "hierarchical_gru", "memory_gru")):
+            d = 0.001 * (i + 1) * (j + 1)
+            ev[name]["test"]["vs_best_baseline"] = {"cosine_baseline": "ridge", "cosine_diff": d,
+                                                    "cosine_diff_ci_low": d - 0.002, "cosine_diff_ci_high": d + 0.002}
+    (tmp_path / "show.json").write_text(json.dumps(show))
+    sweep.run(str(tmp_path / "show.json"), str(tmp_path / "p.png"), str(tmp_path / "p.md"))
+    md = (tmp_path / "p.md").read_text()
+    assert "| test cosine minus the best baseline (ridge at every L, chosen on val)" in md
+    assert "| gru | +0.0010 [-0.0010, +0.0030] | +0.0020 [+0.0000, +0.0040] |" in md
+    assert "| memory_gru | +0.0030 [+0.0010, +0.0050] | +0.0060 [+0.0040, +0.0080] |" in md
+    wide = matplotlib.image.imread(tmp_path / "p.png").shape[1]
+    # a run without the paired keys (recorded before evaluate wrote them): no such table, two panels
+    del show[1]["experiments"][0]["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["gru"]["test"][
+        "vs_best_baseline"]
+    (tmp_path / "old.json").write_text(json.dumps(show))
+    sweep.run(str(tmp_path / "old.json"), str(tmp_path / "o.png"), str(tmp_path / "o.md"))
+    assert "minus the best baseline" not in (tmp_path / "o.md").read_text()
+    assert matplotlib.image.imread(tmp_path / "o.png").shape[1] < wide
+
+
 def test_recorded_sweep_gives_the_committed_table(tmp_path):
     from lvm import sweep
 

@@ -103,6 +103,14 @@ def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> C
                 f"{path}: key 'chunk_indices' is not increasing inside article {int(article[row])} "
                 f"(row {row}: chunk {int(chunk[row])} after {int(sorted_chunk[bad[0]])}); "
                 f"{bad.size} such rows. Rows of an article must be in chunk order.")
+        gaps = np.flatnonzero(same_article & (sorted_chunk[1:] > sorted_chunk[:-1] + 1))
+        if gaps.size:  # a window's target is then not the chunk after its context: say so, once
+            row = int(order[gaps[0] + 1])
+            notes.append(
+                f"WARNING: {path} key 'chunk_indices' skips chunks inside {np.unique(sorted_article[gaps]).size} "
+                f"articles ({gaps.size} gaps; first: article {int(article[row])}, chunk {int(sorted_chunk[gaps[0]])} "
+                f"then {int(chunk[row])}): windows run over the gaps, so there a 'next vector' is not the next "
+                "chunk of the text. Fine if rows were dropped on purpose.")
     reader.close()
     return Corpus(path, vectors, article, chunk, has_ids, order, article_ids, article_start,
                   article_len, notes, content_hash)
@@ -131,7 +139,7 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
 
 def _check_finite(path: Path, vectors: np.ndarray, crc: int | None = None) -> tuple[str, int | None]:
     """Refuse rows that are not finite AS FLOAT32 (a float64 1e39 passes isfinite but is Inf once
-    exported); return the sha256 of those float32 rows (the content part of the split id) and `crc`
+    exported) and all-zero rows; return the sha256 of those float32 rows (the content part of the split id) and `crc`
     continued over them (the member's CRC-32 when they are the file's own bytes)."""
     # ~16 MB of float32 per pass: bounds the cast's temporary copy of a float64 file
     step = max(1, min(ROW_CHUNK, (1 << 22) // max(vectors.shape[1], 1)))
@@ -147,6 +155,14 @@ def _check_finite(path: Path, vectors: np.ndarray, crc: int | None = None) -> tu
             raise LvmError(f"{path}: key 'vectors' has NaN/Inf (or values beyond float32's +-3.4e38, which "
                            f"become Inf) in {total} rows (first: row {first}, column {col}, value "
                            f"{float(vectors[first, col])})")
+        zero = ~block.any(axis=1)
+        if zero.any():  # no direction: every cosine with such a row is 0 (eps), silently, for every predictor
+            first = a + int(np.argmax(zero))
+            total = sum(int((~_as_float32(vectors[b:b + step]).any(axis=1)).sum())
+                        for b in range(a, vectors.shape[0], step))
+            raise LvmError(f"{path}: key 'vectors' has {total} all-zero rows (first: row {first}); a zero vector "
+                           "has no direction, so every cosine with it would score 0. Drop them (padding or "
+                           "failed encodes?) and their article_indices/chunk_indices entries")
         digest.update(block)
         if crc is not None:
             crc = zlib.crc32(block, crc)
