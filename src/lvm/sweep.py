@@ -182,6 +182,14 @@ def paired_rows(runs: list[dict], models: list[str]) -> dict:
     return out
 
 
+def _context_axis(ax, Ls: list[int], title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(Ls, [str(L) for L in Ls])
+    ax.set_xlabel("context length L (vectors)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
 def figure(sweep: dict, path) -> None:
     import matplotlib
 
@@ -202,11 +210,7 @@ def figure(sweep: dict, path) -> None:
             line, = ax.plot(Ls, vals, label=name, **style)
             if name in models and None not in lo + hi:
                 ax.fill_between(Ls, lo, hi, color=line.get_color(), alpha=0.12)
-        ax.set_xscale("log")
-        ax.set_xticks(Ls, [str(L) for L in Ls])
-        ax.set_xlabel("context length L (vectors)")
-        ax.set_title(f"{label} (same targets at every L; bands: 95% CI by article)", fontsize=9)
-        ax.grid(alpha=0.3)
+        _context_axis(ax, Ls, f"{label} (same targets at every L; bands: 95% CI by article)")
     if paired:
         ax = axes[2]
         # a model far below the baseline (gru_retrieval, trained to rank) would flatten the others' curves
@@ -217,12 +221,8 @@ def figure(sweep: dict, path) -> None:
             line, = ax.plot(Ls, [c[1] for c in cells], marker="o", ms=4, label=name)
             ax.fill_between(Ls, [c[2] for c in cells], [c[3] for c in cells], color=line.get_color(), alpha=0.12)
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks(Ls, [str(L) for L in Ls])
-        ax.set_xlabel("context length L (vectors)")
-        ax.set_title("test cosine minus the best baseline at that L\n(bands: paired 95% CI by article"
-                     + (f"; {', '.join(off)} below -0.05: table)" if off else ")"), fontsize=9)
-        ax.grid(alpha=0.3)
+        _context_axis(ax, Ls, "test cosine minus the best baseline at that L\n(bands: paired 95% CI by article"
+                      + (f"; {', '.join(off)} below -0.05: table)" if off else ")"))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     fig.suptitle("Does more context help? Models (solid) vs no-training baselines (dashed)")
