@@ -203,10 +203,17 @@ def test_sweep_table_shows_each_models_paired_difference_to_the_best_baseline(tm
     (tmp_path / "show.json").write_text(json.dumps(show))
     sweep.run(str(tmp_path / "show.json"), str(tmp_path / "p.png"), str(tmp_path / "p.md"))
     md = (tmp_path / "p.md").read_text()
+    assert "Thread counts differed" not in md  # none recorded: nothing to say
     assert "| test cosine minus the best baseline (ridge at every L, chosen on val)" in md
     assert "| gru | +0.0010 [-0.0010, +0.0030] | +0.0020 [+0.0000, +0.0040] |" in md
     assert "| memory_gru | +0.0030 [+0.0010, +0.0050] | +0.0060 [+0.0040, +0.0080] |" in md
     wide = matplotlib.image.imread(tmp_path / "p.png").shape[1]
+    # a -j 2 queue gave one stage of one run more threads: the table says which
+    for i, exp in enumerate(show[1]["experiments"]):
+        exp["revs"][0]["data"]["metrics"]["metrics/train_baseline.json"]["data"]["threads"] = 1 + i
+    (tmp_path / "threads.json").write_text(json.dumps(show))
+    sweep.run(str(tmp_path / "threads.json"), str(tmp_path / "t.png"), str(tmp_path / "t.md"))
+    assert "Thread counts differed: 1 for most train stages, L=20 train_baseline 2" in (tmp_path / "t.md").read_text()
     # a run without the paired keys (recorded before evaluate wrote them): no such table, two panels
     del show[1]["experiments"][0]["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["gru"]["test"][
         "vs_best_baseline"]

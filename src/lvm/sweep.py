@@ -163,6 +163,13 @@ def table(sweep: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(
                 f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" + ("" if one else f" vs {base}") for base, d, lo, hi in cells) + " |")
         lines.append("")
+    threads = {(r["L"], exp): m["threads"] for r in runs for exp, m in r["train"].items() if m.get("threads")}
+    if len(set(threads.values())) > 1:  # each train stage records the count it resolved
+        usual = max(set(threads.values()), key=list(threads.values()).count)
+        odd = ", ".join(f"L={L} train_{exp} {n}" for (L, exp), n in sorted(threads.items()) if n != usual)
+        lines += [f"Thread counts differed: {usual} for most train stages, {odd} (a `dvc queue` with -j > 1 "
+                  "gives later stages more threads once other workers have finished). A run's thread count is part "
+                  "of its arithmetic, so a rerun at other counts can differ in the last digits.", ""]
     if sweep["skipped"]:
         lines += ["Not in the comparison: " + "; ".join(sweep["skipped"]) + ".", ""]
     return "\n".join(lines)
