@@ -70,6 +70,21 @@ def _zero_rows(path):
     raw(path, **a)
 
 
+def _shards_reusing_ids(path):
+    """Two shards, each numbering its articles 10, 13, ..., concatenated; no chunk_indices."""
+    a = good(path, with_chunks=False)
+    b = good(path, with_chunks=False, seed=1)
+    raw(path, **{k: np.concatenate([a[k], b[k]]) for k in a})
+
+
+def _copied_article(path):
+    """Article 16 included a second time under the new id 99 (e.g. one shard exported twice)."""
+    a = good(path)
+    rows = a["article_indices"] == 16
+    raw(path, **{k: np.concatenate([v, v[rows] if k != "article_indices" else np.full(rows.sum(), 99, v.dtype)])
+                 for k, v in a.items()})
+
+
 def _uint64_ids(key):
     def write(path):
         a = good(path)
@@ -220,6 +235,11 @@ BAD = [
     ("float64_far_below_float32", lambda p: _beyond_float32(p, 2, 0, -1e300), {}, ["'vectors'", "row 2"]),
     ("float16_inf", _float16_inf, {}, ["'vectors'", "row 4, column 1"]),
     ("zero_rows", _zero_rows, {}, ["'vectors'", "2 all-zero rows", "first: row 12"]),
+    # ids restarting in a second shard: without chunk_indices two texts would silently become one article
+    ("copied_article", _copied_article, {},
+     ["vectors.npz", "'vectors'", "1 articles repeat", "article 99 = article 16, 40 rows", "leak"]),
+    ("shards_reusing_article_ids", _shards_reusing_ids, {},
+     ["vectors.npz", "'article_indices'", "6 articles", "article 10: rows from 0 and again from 178", "'chunk_indices'"]),
     ("uint64_article_ids_above_int64", _uint64_ids("article_indices"), {},
      ["vectors.npz", "'article_indices'", "int64", "row 11", str(2 ** 63 + 5)]),
     ("uint64_chunk_ids_above_int64", _uint64_ids("chunk_indices"), {}, ["'chunk_indices'", "int64", "row 11"]),
@@ -354,3 +374,20 @@ def test_784_dim_file_works(tmp_path):
     assert meta["vector_dim"] == 784
     with np.load(out / "train.npz", allow_pickle=False) as z:
         assert z["vectors"].shape[1] == 784 and z["vectors"].dtype == np.float32
+
+
+def test_contiguous_articles_without_chunk_indices_are_in_file_order(tmp_path):
+    """The control for shards_reusing_article_ids: one block of rows per id needs no chunk_indices."""
+    r, meta, _ = _ok(tmp_path, lambda p: good(p, with_chunks=False))
+    assert "WARNING" not in r.stdout and meta["total_articles"] == len(GOOD_LENGTHS)
+
+
+def test_articles_sharing_a_first_row_are_not_copies(tmp_path):
+    """The control for copied_article: same length and same first vector, different after that."""
+    def write(path):
+        a = write_vectors(path, [30, 30, 25, 40, 20, 35])
+        rows = [np.flatnonzero(a["article_indices"] == i) for i in (10, 13)]
+        a["vectors"][rows[1][0]] = a["vectors"][rows[0][0]]  # e.g. a shared boilerplate opening chunk
+        raw(path, **a)
+    r, meta, _ = _ok(tmp_path, write)
+    assert meta["total_articles"] == 6

@@ -83,6 +83,8 @@ def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> C
             f"pseudo-articles of {stream_block} rows (data.stream_block). Windows may cross real "
             "document boundaries inside a block; splits never share a block.")
     chunk = _int_key(reader, path, "chunk_indices", n) if "chunk_indices" in reader else None
+    if has_ids and chunk is None:
+        _check_contiguous_articles(path, article)
 
     order = np.argsort(article, kind="stable")
     sorted_article = article[order]
@@ -102,7 +104,8 @@ def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> C
             raise LvmError(
                 f"{path}: key 'chunk_indices' is not increasing inside article {int(article[row])} "
                 f"(row {row}: chunk {int(chunk[row])} after {int(sorted_chunk[bad[0]])}); "
-                f"{bad.size} such rows. Rows of an article must be in chunk order.")
+                f"{bad.size} such rows. Rows of an article must be in chunk order (and two articles, e.g. from "
+                "shards that each number from 0, must not share an id).")
         gaps = np.flatnonzero(same_article & (sorted_chunk[1:] > sorted_chunk[:-1] + 1))
         if gaps.size:  # a window's target is then not the chunk after its context: say so, once
             row = int(order[gaps[0] + 1])
@@ -129,6 +132,24 @@ def _int_key(reader: NpzReader, path: Path, key: str, n: int) -> np.ndarray:
             raise LvmError(f"{path}: key '{key}' has {too_big.size} values above the int64 maximum "
                            f"{np.iinfo(np.int64).max} (first: row {r} = {int(arr[r])}); ids must fit in int64")
     return arr.astype(np.int64)
+
+
+def _check_contiguous_articles(path: Path, article: np.ndarray) -> None:
+    """Without chunk_indices an article's order is its rows' file order, so its rows must be one block.
+    Rows of one id in several blocks are what concatenating shards that each number their articles from
+    0 gives: two different texts would be merged into one "article" and windows would run across them."""
+    run_start = np.concatenate([[0], np.flatnonzero(np.diff(article)) + 1])
+    run_ids = article[run_start]
+    ids, counts = np.unique(run_ids, return_counts=True)
+    split = ids[counts > 1]
+    if split.size:
+        first = split[0]
+        runs = run_start[run_ids == first]
+        raise LvmError(
+            f"{path}: key 'article_indices': the rows of {split.size} articles are not one contiguous block "
+            f"(article {int(first)}: rows from {int(runs[0])} and again from {int(runs[1])}), and there is no "
+            "'chunk_indices' to order them; shards concatenated with ids restarting at 0 look like this. "
+            "Give each article its own id and one block of rows, or add 'chunk_indices'.")
 
 
 def _as_float32(block: np.ndarray) -> np.ndarray:
@@ -208,6 +229,33 @@ def split_articles(article_ids: np.ndarray, fractions: dict, seed: int) -> dict[
             "test": np.sort(perm[n_train + n_val:])}
 
 
+def _check_no_copied_articles(corpus: Corpus, idx: np.ndarray) -> None:
+    """An article that repeats another's vectors exactly (the same shard included twice under new ids,
+    a crawl's duplicate pages) may land in train with its copy in test: test targets seen in training,
+    the leak this project exists to rule out. Candidates share length and first row; those are compared
+    whole."""
+    def rows(i):
+        return corpus.order[corpus.article_start[i]:corpus.article_start[i] + corpus.article_len[i]]
+
+    seen, copies = {}, []
+    for i in idx:
+        first_row = np.ascontiguousarray(corpus.vectors[rows(i)[0]])
+        key = (int(corpus.article_len[i]), hashlib.blake2b(first_row, digest_size=16).digest())
+        for j in seen.setdefault(key, []):
+            if np.array_equal(corpus.vectors[rows(i)], corpus.vectors[rows(j)]):
+                copies.append((j, i))
+                break
+        else:
+            seen[key].append(i)
+    if copies:
+        j, i = copies[0]
+        raise LvmError(
+            f"{corpus.path}: key 'vectors': {len(copies)} articles repeat another article's vectors exactly "
+            f"(first: article {int(corpus.article_ids[i])} = article {int(corpus.article_ids[j])}, "
+            f"{int(corpus.article_len[i])} rows); a copy in test with its original in train would leak test "
+            "targets into training. Keep one of each.")
+
+
 def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
                    fractions: dict, seed: int, test_stride: int | None = None,
                    min_target_position: int = 0, val_stride: int = 0) -> dict:
@@ -233,6 +281,7 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
             f"{corpus.path}: every article is shorter than {why} vectors "
             f"(longest has {int(corpus.article_len.max())}); lower data.context_length"
             + ("" if first == L else " or export.min_target_position"))
+    _check_no_copied_articles(corpus, np.flatnonzero(eligible))
     splits = split_articles(corpus.article_ids[eligible], fractions, seed)
     meta_splits, arrays = {}, {}
     for name in SPLITS:
