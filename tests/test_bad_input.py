@@ -235,9 +235,10 @@ BAD = [
     ("float64_far_below_float32", lambda p: _beyond_float32(p, 2, 0, -1e300), {}, ["'vectors'", "row 2"]),
     ("float16_inf", _float16_inf, {}, ["'vectors'", "row 4, column 1"]),
     ("zero_rows", _zero_rows, {}, ["'vectors'", "2 all-zero rows", "first: row 12"]),
-    # ids restarting in a second shard: without chunk_indices two texts would silently become one article
+    # an article twice under two ids: its copy in test would be a test target seen in training
     ("copied_article", _copied_article, {},
      ["vectors.npz", "'vectors'", "1 articles repeat", "article 99 = article 16, 40 rows", "leak"]),
+    # ids restarting in a second shard: without chunk_indices two texts would silently become one article
     ("shards_reusing_article_ids", _shards_reusing_ids, {},
      ["vectors.npz", "'article_indices'", "6 articles", "article 10: rows from 0 and again from 178", "'chunk_indices'"]),
     ("uint64_article_ids_above_int64", _uint64_ids("article_indices"), {},

@@ -41,6 +41,10 @@ class Corpus:
     def dim(self) -> int:
         return self.vectors.shape[1]
 
+    def article_rows(self, i: int) -> np.ndarray:
+        """Rows of the i-th article (position in article_ids), in chunk order."""
+        return self.order[self.article_start[i]:self.article_start[i] + self.article_len[i]]
+
 
 def load_corpus(path, trust_pickle: bool = False, stream_block: int = 2000) -> Corpus:
     """Open and check a vectors npz (keys: vectors [N,D]; optional article_indices, chunk_indices)."""
@@ -234,15 +238,12 @@ def _check_no_copied_articles(corpus: Corpus, idx: np.ndarray) -> None:
     a crawl's duplicate pages) may land in train with its copy in test: test targets seen in training,
     the leak this project exists to rule out. Candidates share length and first row; those are compared
     whole."""
-    def rows(i):
-        return corpus.order[corpus.article_start[i]:corpus.article_start[i] + corpus.article_len[i]]
-
     seen, copies = {}, []
     for i in idx:
-        first_row = np.ascontiguousarray(corpus.vectors[rows(i)[0]])
+        first_row = np.ascontiguousarray(corpus.vectors[corpus.article_rows(i)[0]])
         key = (int(corpus.article_len[i]), hashlib.blake2b(first_row, digest_size=16).digest())
         for j in seen.setdefault(key, []):
-            if np.array_equal(corpus.vectors[rows(i)], corpus.vectors[rows(j)]):
+            if np.array_equal(corpus.vectors[corpus.article_rows(i)], corpus.vectors[corpus.article_rows(j)]):
                 copies.append((j, i))
                 break
         else:
@@ -289,8 +290,7 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
         split_stride = {"train": stride, "val": val_stride, "test": test_stride}[name]
         lengths = corpus.article_len[idx]
         starts = window_starts(lengths, L, split_stride, min_target_position)
-        rows = np.concatenate([corpus.order[corpus.article_start[i]:corpus.article_start[i] + corpus.article_len[i]]
-                               for i in idx]) if idx.size else np.zeros(0, np.int64)
+        rows = np.concatenate([corpus.article_rows(i) for i in idx]) if idx.size else np.zeros(0, np.int64)
         # first_target is stored only when it is not L (files written before it existed stay valid)
         extra = {"first_target": np.int64(first)} if first != L else {}
         arrays[name] = {"article_indices": corpus.article[rows], "chunk_indices": corpus.chunk[rows],
