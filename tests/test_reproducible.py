@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +236,22 @@ def test_encode_batches_do_not_depend_on_input_order():
     shuffled = encode(BatchSensitiveEncoder(), [texts[i] for i in perm], 16, progress=False)[np.argsort(perm)]
     assert np.array_equal(ref, shuffled)
     np.testing.assert_allclose(np.linalg.norm(ref, axis=1), 1, atol=1e-6)
+
+
+# Denormal flushing must reach every intra-op thread, whatever torch work a process did before
+# set_threads (lvm.ablation fitted baselines first, and its gru trained to other last digits).
+FLUSH_SCRIPT = r"""
+import lvm.runtime                  # what any lvm entry point imports before it works
+import torch
+torch.set_num_threads(2)
+torch.ones(1 << 22).mul(2)          # parallel work before set_threads: the OpenMP pool exists now
+lvm.runtime.set_threads(2)
+y = torch.full((1 << 22,), 2e-38) * 0.25   # 5e-39, a denormal result: 0 wherever flushing is on
+half = y.numel() // 2
+print(int((y[:half] != 0).sum()), int((y[half:] != 0).sum()))
+"""
+
+
+def test_denormals_flushed_on_every_thread_after_earlier_parallel_work():
+    out = subprocess.run([sys.executable, "-c", FLUSH_SCRIPT], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "0"], f"denormals left unflushed (first half, second half): {out}"

@@ -29,6 +29,7 @@ from lvm.pipeline import experiments as pipeline_experiments
 from lvm.pipeline import windows_dir
 from lvm.data import WindowDataset
 from lvm.io import write_json, write_text
+from lvm.runtime import set_threads
 
 
 # (name, what it tests, overrides on top of the ablated stage's setting: params.yaml with its
@@ -222,7 +223,9 @@ def main(argv=None):
     shared = load_params(args.params)
     p = for_experiment(shared, args.experiment)  # the ablated stage's own setting
     args.data_dir = args.data_dir or windows_dir()
-    torch.set_num_threads(p["train"]["threads"] or torch.get_num_threads())
+    # before any parallel work, as the train stage does: the OpenMP threads take the denormal
+    # flushing of the thread that creates them, so set later it would reach the main thread only
+    set_threads(p["train"]["threads"])
     ref = reference(p, args.data_dir)
     rows = []
     if args.data_scale:
