@@ -10,6 +10,7 @@ import pytest
 from lvm import LvmError
 from lvm.io import NpzReader, save_npz
 from lvm.metrics import METRIC_KEYS
+from lvm import evaluation, report
 from lvm.stages import evaluate
 from lvm.pipeline import experiments, labels
 from lvm.training import run
@@ -134,16 +135,16 @@ def test_the_curve_truncates_the_context_but_keeps_the_targets(data_dir):
     from lvm.data import WindowDataset
 
     ds = WindowDataset(data_dir / "test.npz")
-    t = evaluate.truncated(ds, 3)
+    t = evaluation.truncated(ds, 3)
     assert len(t) == len(ds) and t.context_length == 3
     np.testing.assert_array_equal(t.targets_rows(), ds.targets_rows())
     _, ctx_full, tgt_full = next(ds.batches(8))
     _, ctx, tgt = next(t.batches(8))
     np.testing.assert_array_equal(ctx.numpy(), ctx_full.numpy()[:, -3:])
     np.testing.assert_array_equal(tgt.numpy(), tgt_full.numpy())
-    assert evaluate.truncated(ds, ds.context_length) is ds
-    assert evaluate.curve_grid([1, 2, 5, 10, 20, 50, 100], 10) == [1, 2, 5, 10]
-    assert evaluate.curve_grid([50, 3, 3], 7) == [3, 7]
+    assert evaluation.truncated(ds, ds.context_length) is ds
+    assert evaluation.curve_grid([1, 2, 5, 10, 20, 50, 100], 10) == [1, 2, 5, 10]
+    assert evaluation.curve_grid([50, 3, 3], 7) == [3, 7]
 
 
 def test_one_article_split_warns_and_writes_no_interval(trained, data_dir, tmp_path, capsys):
@@ -205,22 +206,22 @@ def test_verdict_comes_from_the_paired_interval():
     results = {"gru": {"test": {"vs_best_baseline": _vs(0.01, -0.002, 0.02)}},
                "big": {"test": {"vs_best_baseline": _vs(0.002, 0.001, 0.003, 0.05, 0.02, 0.08)}},
                "bad": {"test": {"vs_best_baseline": _vs(-0.05, -0.07, -0.03)}}}
-    v = evaluate.verdict(results, ["copy_last", "ridge"], ["gru"], "cosine", best)
+    v = report.verdict(results, ["copy_last", "ridge"], ["gru"], "cosine", best)
     assert "to ridge (the best baseline on val cosine)" in v
     assert "gru no significant difference (+0.0100 [-0.0020, +0.0200])" in v and v.endswith("No model beats it.")
     # a small difference whose whole interval is above 0 beats; a large mean does not matter by itself
-    v = evaluate.verdict(results, ["copy_last", "ridge"], ["gru", "big", "bad"], "cosine", best)
+    v = report.verdict(results, ["copy_last", "ridge"], ["gru", "big", "bad"], "cosine", best)
     assert "big beats" in v and "bad loses" in v and v.endswith("Beats it: big.")
-    v = evaluate.verdict(results, ["copy_last", "ridge"], ["gru", "big"], "mrr", best)
+    v = report.verdict(results, ["copy_last", "ridge"], ["gru", "big"], "mrr", best)
     assert "to copy_last (the best baseline on val candidate MRR)" in v and v.endswith("Beats it: big.")
 
 
 def test_best_baseline_is_chosen_on_val_not_test():
     def entry(val_cos, test_cos, val_mrr, test_mrr):
-        return {"val": {"cosine_mean": val_cos, "cand_mrr": val_mrr},
-                "test": {"cosine_mean": test_cos, "cand_mrr": test_mrr}}
+        return {"val": evaluation.Score({"cosine_mean": val_cos, "cand_mrr": val_mrr}, {}),
+                "test": evaluation.Score({"cosine_mean": test_cos, "cand_mrr": test_mrr}, {})}
 
     results = {"copy_last": entry(0.30, 0.50, 0.20, 0.10), "context_mean": entry(0.40, 0.35, 0.05, 0.30),
                "exp_decay_mean": entry(0.35, 0.45, 0.10, 0.20), "ridge": entry(0.20, 0.60, 0.15, 0.40)}
-    best = evaluate.choose_best_baseline(results, list(results))
+    best = evaluation.choose_best_baseline(results, list(results))
     assert best == {"cosine": "context_mean", "mrr": "copy_last"}  # test would say ridge for both

@@ -105,39 +105,75 @@ def test_the_checks_see_circles_and_stage_imports(tmp_path):
     assert find_cycle(graph) is None
 
 
-# lvm modules whose code does not decide what a stage writes: the error type, the error wrapper, and
-# the params loader (params.yaml holds every key, tests/test_config.py, and dvc.yaml declares the params)
-NOT_OUTPUT_CODE = {"lvm", "lvm.entry", "lvm.config"}
+# --------------------------------------------------------------------------
+# Every stage's deps cover all the code it runs (else `dvc repro` says "up to date" over changed code)
+# --------------------------------------------------------------------------
 
 
-def source_path(module: str) -> str:
-    """The dvc.yaml dep that covers `module`: its file, or src/lvm/models for a model."""
-    if module == "lvm.models" or module.startswith("lvm.models."):
-        return "src/lvm/models"
-    return "src/" + module.replace(".", "/") + ".py"
+def source_path(module: str, src: Path = SRC) -> str:
+    """The file that holds `module`, relative to the repository (a package: its __init__.py)."""
+    path = src / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return path.relative_to(src.parent).as_posix()
 
 
 def code_run_by(module: str, graph: dict) -> set[str]:
-    """The dvc.yaml deps that cover every lvm module `module` runs (itself and what it imports)."""
+    """The files of every lvm module that running `module` executes: itself, what it imports (also
+    inside functions), and the __init__.py of every package on the way (importing lvm.models.gru runs
+    lvm/__init__.py and lvm/models/__init__.py first). The params loader and the error wrapper count
+    too: lvm.config decides what each train stage trains (for_experiment), lvm.entry how it starts."""
     todo, runs = [module], set()
     while todo:
         m = todo.pop()
         if m not in runs:
             runs.add(m)
             todo += graph[m]
-    return {source_path(m) for m in runs - NOT_OUTPUT_CODE}
+            todo += [".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)]  # its packages
+    return {source_path(m) for m in runs}
 
 
-def test_every_stage_depends_on_all_the_code_it_runs():
-    # a module split off a stage's code must become a dep, or `dvc repro` misses its changes
+def uncovered(files: set[str], deps: list[str]) -> set[str]:
+    """The files no dep covers (a dep is a file, or a folder covering everything under it)."""
+    return {f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
+
+
+def stage_modules(dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, str]:
     import re
 
     import yaml
 
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    return {name: (re.search(r"-m (lvm\.stages\.\w+)", stage["cmd"]).group(1), stage["deps"])
+            for name, stage in stages.items()}
+
+
+def test_every_stage_depends_on_all_the_code_it_runs():
+    # a module split off a stage's code must become a dep, or `dvc repro` misses its changes
     graph = import_graph()
-    assert {"src/lvm/training.py", "src/lvm/models"} <= code_run_by("lvm.stages.train", graph)
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert {"src/lvm/training.py", "src/lvm/models/gru.py", "src/lvm/config.py", "src/lvm/__init__.py"} \
+        <= code_run_by("lvm.stages.train", graph)
+    stages = stage_modules()
     assert {"ingest", "export_ctx100", "train_baseline", "train_retrieval", "evaluate", "analyze"} <= set(stages)
-    for name, stage in stages.items():
-        module = re.search(r"-m (lvm\.stages\.\w+)", stage["cmd"]).group(1)
-        assert code_run_by(module, graph) - set(stage["deps"]) == set(), name
+    for name, (module, deps) in stages.items():
+        assert uncovered(code_run_by(module, graph), deps) == set(), name
+
+
+def test_the_dependency_check_catches_a_planted_import(tmp_path):
+    # a stage whose module starts importing a helper its deps do not list: found, by file
+    pkg = tmp_path / "src" / "lvm"
+    (pkg / "stages").mkdir(parents=True)
+    (pkg / "models").mkdir()
+    for name in ("__init__.py", "stages/__init__.py", "models/__init__.py", "models/gru.py", "helper.py"):
+        (pkg / name).write_text("")
+    (pkg / "stages/fit.py").write_text("from lvm.models import gru\n")
+    graph = import_graph(tmp_path / "src")
+    files = code_run_by("lvm.stages.fit", graph)
+    deps = ["src/lvm/__init__.py", "src/lvm/stages/__init__.py", "src/lvm/stages/fit.py", "src/lvm/models"]
+    assert files == {"src/lvm/__init__.py", "src/lvm/stages/__init__.py", "src/lvm/stages/fit.py",
+                     "src/lvm/models/__init__.py", "src/lvm/models/gru.py"}
+    assert uncovered(files, deps) == set()  # the folder dep covers the model files
+    (pkg / "stages/fit.py").write_text("from lvm.models import gru\n\ndef run():\n    from lvm import helper\n")
+    graph = import_graph(tmp_path / "src")
+    assert uncovered(code_run_by("lvm.stages.fit", graph), deps) == {"src/lvm/helper.py"}
+    assert uncovered(code_run_by("lvm.stages.fit", graph), deps[:-1]) == {
+        "src/lvm/helper.py", "src/lvm/models/__init__.py", "src/lvm/models/gru.py"}

@@ -93,7 +93,7 @@ def test_inspect_cli_bad_article_is_one_error_line(corpus_dir):
 
 
 def test_evaluate_sample_has_every_predictor_and_the_true_next_text(corpus_dir):
-    from lvm.stages.evaluate import inspect_sample
+    from lvm.inspect import sample_markdown as inspect_sample
     from lvm.checkpoints import load_model
 
     root, p = corpus_dir

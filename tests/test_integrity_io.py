@@ -296,7 +296,7 @@ def test_baselines_on_a_one_article_train_split_fail_in_one_line(tmp_path):
     from lvm import LvmError
     from lvm.config import load_params
     from lvm.data import WindowDataset
-    from lvm.stages.evaluate import fit_baselines
+    from lvm.evaluation import fit_baselines
 
     write_vectors(tmp_path / "data/corpus/vectors.npz", [30, 30, 30])
     params = write_params(tmp_path / "params.yaml")

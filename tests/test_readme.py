@@ -159,7 +159,7 @@ def test_make_pipeline_runs_stages_with_the_venv_python():
 def test_headline_is_declared_first_and_is_the_committed_evaluate_json_s(tmp_path):
     from lvm.io import write_json
     from lvm.pipeline import stage_option
-    from lvm.stages import evaluate
+    from lvm import evaluation
 
     headline, full = stage_option("evaluate", "--headline", REPO / "dvc.yaml"), stage_option("evaluate", "--metrics", REPO / "dvc.yaml")
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]
@@ -168,5 +168,5 @@ def test_headline_is_declared_first_and_is_the_committed_evaluate_json_s(tmp_pat
     assert committed.is_file()
     # the stage writes headline(evaluate.json) with write_json: the committed bytes must be exactly that
     models = [name for name in json.loads(committed.read_text()) if name != "best_baseline"]
-    write_json(tmp_path / "headline.json", evaluate.headline(json.loads((REPO / full).read_text()), models))
+    write_json(tmp_path / "headline.json", evaluation.headline(json.loads((REPO / full).read_text()), models))
     assert (tmp_path / "headline.json").read_bytes() == committed.read_bytes()

@@ -80,9 +80,9 @@ def distinct(p: dict, overrides: dict) -> bool:
 
 def score_run(p: dict, model: str, data_dir: str, reference: dict) -> dict:
     """Train one variant in a scratch directory and score its best checkpoint on val and test."""
-    from lvm.checkpoints import load_model, predict
+    from lvm.checkpoints import load_model
+    from lvm.evaluation import compare_to_best, model_predictor, score_all
     from lvm.hardware import resolve_precision
-    from lvm.stages.evaluate import score, vs_best_baseline
     from lvm.training import run
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,40 +95,28 @@ def score_run(p: dict, model: str, data_dir: str, reference: dict) -> dict:
                                          "unique_train_targets", "train_articles")},
            "train_seconds": round(seconds, 1)}
     cfg = p["evaluate"]
-    for split, ds in reference["datasets"].items():
-        with torch.no_grad():
-            cpu = torch.device("cpu")
-            pred = predict(net, ds, cfg["batch_size"], cpu, resolve_precision(p["train"]["precision"], cpu))
-            summary, pw = score(pred, ds, cfg, reference["true_ctx_max"][split])
-        per_window = {**reference["per_window"], (model, split): pw}
-        v = vs_best_baseline(per_window, model, split, reference["best"], ds.window_articles(), cfg)
-        row[split] = {"cosine": summary["cosine_mean"], "cand_mrr": summary["cand_mrr"],
-                      "par": summary["par_mean"], **v}
+    cpu = torch.device("cpu")
+    scores = {**reference["scores"], **score_all({model: model_predictor(net, cfg, cpu, resolve_precision(
+        p["train"]["precision"], cpu))}, reference["splits"], cfg)}
+    compare_to_best(scores, reference["best"], reference["splits"], cfg, names=[model])
+    for split, s in scores[model].items():
+        row[split] = {"cosine": s.summary["cosine_mean"], "cand_mrr": s.summary["cand_mrr"],
+                      "par": s.summary["par_mean"], **s.summary["vs_best_baseline"]}
     return row
 
 
 def reference(p: dict, data_dir: str) -> dict:
     """Baselines fitted on train, scored on val/test, and the best one chosen on val (as evaluate)."""
-    from lvm.baselines import predict_batches
-    from lvm.metrics import context_max_cosine
-    from lvm.stages.evaluate import choose_best_baseline, context_chunks, fit_baselines, score
+    from lvm.evaluation import baseline_predictors, choose_best_baseline, eval_splits, fit_baselines, score_all
 
     cfg = p["evaluate"]
-    datasets = {s: WindowDataset(Path(data_dir) / f"{s}.npz") for s in ("val", "test")}
+    splits = eval_splits({s: WindowDataset(Path(data_dir) / f"{s}.npz") for s in ("val", "test")})
     baselines = fit_baselines(cfg, WindowDataset(Path(data_dir) / "train.npz"))
-    results, per_window, true_ctx_max = {}, {}, {}
-    for split, ds in datasets.items():
-        true_ctx_max[split] = context_max_cosine(ds.vectors_np[ds.targets_rows()], ds.vectors_np,
-                                                 (ds.starts, ds.context_length))
-    for name, b in baselines.items():
-        results[name] = {}
-        for split, ds in datasets.items():
-            pred = predict_batches(b, context_chunks(ds, cfg["batch_size"]))
-            results[name][split], per_window[(name, split)] = score(pred, ds, cfg, true_ctx_max[split])
-    best = choose_best_baseline(results, list(baselines))
-    return {"datasets": datasets, "per_window": per_window, "true_ctx_max": true_ctx_max, "best": best,
-            "baselines": {n: {s: {"cosine": r[s]["cosine_mean"], "cand_mrr": r[s]["cand_mrr"]} for s in r}
-                          for n, r in results.items()}}
+    scores = score_all(baseline_predictors(baselines, cfg), splits, cfg)
+    best = choose_best_baseline(scores, list(baselines))
+    return {"splits": splits, "scores": scores, "best": best,
+            "baselines": {n: {s: {"cosine": r.summary["cosine_mean"], "cand_mrr": r.summary["cand_mrr"]}
+                              for s, r in by_split.items()} for n, by_split in scores.items()}}
 
 
 def ci(v: dict, key: str) -> str:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -42,12 +43,16 @@ def atomic_outputs():
         yield
         return
     pending: list[tuple[Path, Path]] = []
+    blocked = None
     token = _PENDING.set(pending)
     try:
         yield
         _PENDING.reset(token)
         token = None
         total = len(pending)
+        # SIGTERM/SIGINT/SIGHUP wait until every rename is done (then act as usual): a signal between
+        # two renames would leave new and old outputs mixed
+        blocked = _block_signals()
         while pending:
             tmp, dest = pending[0]
             try:
@@ -58,11 +63,39 @@ def atomic_outputs():
                                "(later stages refuse the mixture)") from None
             pending.pop(0)
     finally:
+        if blocked is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if token is not None:
             _PENDING.reset(token)
         for tmp, _ in pending:  # failed: the old outputs stay, no temp is left behind
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+_DEFERRED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def _block_signals():
+    """The previous signal mask, with _DEFERRED_SIGNALS blocked from now on (None off the main thread
+    or where the platform has no signal masks)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Remove the temp files and folders (`.<name>.*.tmp`) that a killed run left beside `path`.
+    A run killed by SIGKILL cannot clean up after itself, so the next write of the same output does."""
+    path = Path(path)
+    own = {tmp for tmp, _ in _PENDING.get() or ()}  # this run's own temps, waiting for their group's end
+    for stale in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+        if stale in own:
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
 
 @contextlib.contextmanager
@@ -72,6 +105,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise LvmError(f"{path}: cannot create a file in {path.parent} ({e.strerror or e})") from None

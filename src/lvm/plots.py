@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from lvm.io import atomic_path  # noqa: E402
+
 BASELINE_COLOR, MODEL_COLOR = "#9e9e9e", "#1f77b4"
 # The figures' file names inside the directory a stage's `--figures` names (dvc.yaml declares each
 # one among the stage's plots; tests/test_pipeline.py checks the stage writes exactly those).
@@ -18,6 +20,14 @@ EVALUATE_FIGURES = {"comparison": "test_comparison.png", "histogram": "cosine_hi
                     "directional": "directional.png", "training": "training_curves.png",
                     "context_curve": "context_curve.png"}
 ANALYZE_FIGURES = {"memory": "memory_slots.png", "hierarchy": "hierarchy_saliency.png"}
+
+
+def save_figure(fig, path) -> None:
+    """PNG through a temp file: inside the stage's atomic_outputs() group it is renamed into place with
+    the stage's other outputs, never alone (and an interrupted savefig leaves no half-written PNG)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def _err(v, lo, hi):
@@ -56,9 +66,10 @@ def _paired(ax, names, results, key, ref, baselines, title):
     ax.set_xlabel(f"test difference to {ref} (> 0: better than it)")
 
 
-def make_figures(results, per_window, baselines, experiments: dict, plots_dir, live_dir, best: dict,
+def make_figures(results, scores, baselines, experiments: dict, plots_dir, live_dir, best: dict,
                  curve: dict | None = None) -> None:
-    """`experiments` maps experiment name (dvclive folder) -> model name (key in `results`); `best` the
+    """`experiments` maps experiment name (dvclive folder) -> model name (key in `results`); `scores` is
+    lvm.evaluation.score_all's (per-window arrays for the histogram); `best` the
     best baselines on val ({"cosine": name, "mrr": name}); `curve` the per-position curve (or None)."""
     models = list(experiments.values())
     out = Path(plots_dir)
@@ -74,28 +85,25 @@ def make_figures(results, per_window, baselines, experiments: dict, plots_dir, l
                  "models blue, other baselines grey; a model beats it only where the whole whisker is right of 0",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / EVALUATE_FIGURES["comparison"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / EVALUATE_FIGURES["comparison"])
 
     fig, ax = plt.subplots(figsize=(8, 4.2))
     bins = np.linspace(-0.3, 1.0, 60)
     for n in names:
-        ax.hist(per_window[(n, "test")]["cosine"], bins=bins, histtype="step", lw=1.5,
+        ax.hist(scores[n]["test"].per_window["cosine"], bins=bins, histtype="step", lw=1.5,
                 ls="--" if n in baselines else "-", label=n)
     ax.set_xlabel("cosine(prediction, true next vector), test windows")
     ax.set_ylabel("windows")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / EVALUATE_FIGURES["histogram"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / EVALUATE_FIGURES["histogram"])
 
     fig, ax = plt.subplots(figsize=(8, 4.2))
     _bars(ax, names, results, "directional_mean", "directional_ci_low", "directional_ci_high", baselines,
           "test: cos(pred, next) − cos(pred, last context vector); < 0 leans to copying\n"
           "(copy_last = cos(last, next) − 1 by construction)", "mean directional score [95% CI]")
     fig.tight_layout()
-    fig.savefig(out / EVALUATE_FIGURES["directional"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / EVALUATE_FIGURES["directional"])
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     epochs = set()
@@ -119,8 +127,7 @@ def make_figures(results, per_window, baselines, experiments: dict, plots_dir, l
         ax.set_title(metric)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / EVALUATE_FIGURES["training"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / EVALUATE_FIGURES["training"])
 
     if curve:
         context_curve_figure(curve, names, baselines, out / EVALUATE_FIGURES["context_curve"])
@@ -151,8 +158,7 @@ def context_curve_figure(curve: dict, names, baselines, path) -> None:
                  fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def read_tsv(path: Path) -> list[dict]:
@@ -193,8 +199,7 @@ def memory_slots_figure(stats: dict, path) -> None:
     axes[1].legend(fontsize=8)
     fig.suptitle("memory_gru: how the content-addressed reads use the learned slots")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def hierarchy_figure(sal: dict, path) -> None:
@@ -223,5 +228,4 @@ def hierarchy_figure(sal: dict, path) -> None:
     axes[1].legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
     fig.suptitle(f"hierarchical_gru: saliency of cos(prediction, true next) on {sal['windows']} test windows")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

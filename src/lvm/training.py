@@ -30,7 +30,7 @@ from lvm.checkpoints import RESUME_FIX, resume_checkpoint, save_checkpoint, unti
 from lvm.data import WindowDataset, check_same_export, should_mmap
 from lvm.distributed import all_sum, dist_env, init_distributed
 from lvm.hardware import autocast, resolve_device, resolve_precision
-from lvm.io import atomic_outputs, log_run, replace_dir, write_json
+from lvm.io import atomic_outputs, log_run, remove_stale_temps, replace_dir, write_json
 from lvm.losses import compute_loss, target_ids
 from lvm.models import MODEL_NAMES, count_parameters, create_model
 from lvm.models.base import fit_normalizer
@@ -288,6 +288,7 @@ def start_curves(live_dir, experiment: str, history: list):
 
     try:
         Path(live_dir).mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(Path(live_dir) / experiment)  # a SIGKILLed run's temp folder
         live_tmp = Path(tempfile.mkdtemp(prefix=f".{experiment}.", suffix=".tmp", dir=live_dir))
     except OSError as e:
         raise LvmError(f"{live_dir}: cannot create a folder there ({e.strerror or e})") from None
