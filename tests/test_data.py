@@ -128,6 +128,34 @@ def test_split_articles_fractions_and_errors():
         split_articles(ids[:2], {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
 
 
+
+@pytest.mark.parametrize("n, folds", [(76, 10), (23, 5), (9, 3)])
+def test_folds_test_every_article_exactly_once_and_never_mix_splits(n, folds):
+    ids = np.arange(n) * 3 + 1
+    tested = []
+    for k in range(folds):
+        s = split_articles(ids, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=42, folds=folds, fold=k)
+        assert np.array_equal(np.sort(np.concatenate([s[name] for name in SPLITS])), ids)  # each in one split
+        assert min(s["val"].size, s["test"].size) >= n // folds and s["train"].size == n - s["val"].size - s["test"].size
+        tested.append(s["test"])
+        # fold k validates on the articles fold k+1 tests
+        nxt = split_articles(ids, {}, seed=42, folds=folds, fold=(k + 1) % folds)
+        assert np.array_equal(s["val"], nxt["test"])
+    assert np.array_equal(np.sort(np.concatenate(tested)), ids)  # every article tested exactly once
+    with pytest.raises(LvmError, match="export.folds"):
+        split_articles(ids[:folds - 1], {}, seed=42, folds=folds, fold=0)
+
+
+@pytest.mark.parametrize("n", [76, 100, 40])
+def test_fold_zero_of_ten_is_the_one_split(n):
+    """The committed pipeline (export.folds: 0) is fold 0 of the 10-fold cross-validation: the default
+    corpus has 76 articles long enough for L=100, split 0.8/0.1/0.1 with export.seed 42."""
+    ids = np.arange(n) * 2
+    one = split_articles(ids, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=42)
+    fold0 = split_articles(ids, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=42, folds=10, fold=0)
+    for name in SPLITS:
+        assert np.array_equal(one[name], fold0[name]), name
+
 # --- compact storage == naive windows; WindowDataset ----------------------------------------------
 
 @pytest.mark.parametrize("L, overlap", [(6, 3), (6, 5), (4, 0)])

@@ -65,6 +65,13 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
         assert set(splits) == {"val", "test"}
         for split, metrics in splits.items():
             vs = metrics.pop("vs_best_baseline")
+            # every model but the reference (train_baseline's gru) is also paired with it, window by window
+            vm = metrics.pop("vs_model", None)
+            assert (vm is not None) == (name in LABELS and name != "gru"), name
+            if vm is not None:
+                assert vm["model"] == "gru" and vm["cosine_diff_ci_low"] <= vm["cosine_diff"] <= vm["cosine_diff_ci_high"]
+                assert vm["cosine_diff"] == pytest.approx(metrics["cosine_mean"] - on_disk["gru"][split]["cosine_mean"],
+                                                          abs=2e-6)
             assert tuple(metrics) == METRIC_KEYS
             assert metrics["cosine_ci_low"] <= metrics["cosine_mean"] <= metrics["cosine_ci_high"]
             assert vs["cosine_baseline"] == best["cosine"] and vs["mrr_baseline"] == best["mrr"]
@@ -83,8 +90,10 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
     assert on_disk["copy_last"]["test"]["r_at_1_full_bank"] == 0.0
     assert on_disk["copy_last"]["test"]["cand_mrr"] > on_disk["copy_last"]["test"]["mrr_full_bank"]
     table = (trained / "metrics/results.md").read_text()
-    # three tables (cosine, retrieval, per-position curve): header, then one row per predictor each
-    assert table.count("\n| ") == 3 * (1 + len(on_disk))
+    # three tables (cosine, retrieval, per-position curve): header, then one row per predictor each; and
+    # model − gru: header and one row per other model, with its verdict lines and minimum detectable differences
+    assert table.count("\n| ") == 3 * (1 + len(on_disk)) + len(LABELS)
+    assert "| model − gru |" in table and "Test cosine, model − gru, paired: " in table and "MDD" in table
     assert "vs best baseline [95% CI]" in table and "paired difference to" in table and "reference" in table
     assert "ridge at k=1, 2" in table and " s to this stage" not in table  # its time: logs/evaluate.jsonl
     # the headline: the figures of evaluate.json that say which experiment is better, nothing else
@@ -98,6 +107,8 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
         assert headline[model]["test_cosine"] == t["cosine_mean"]
         assert headline[model]["cosine_diff_ci_low"] == t["vs_best_baseline"]["cosine_diff_ci_low"]
         assert headline[model]["cand_mrr_diff"] == t["vs_best_baseline"]["cand_mrr_diff"]
+        if model != "gru":
+            assert headline[model]["cosine_diff_vs_gru_ci_low"] == t["vs_model"]["cosine_diff_ci_low"]
     assert "No text sample" in (trained / "metrics/inspect_sample.md").read_text()
     for png in ("test_comparison", "cosine_hist", "directional", "training_curves", "context_curve"):
         img = matplotlib.image.imread(trained / "plots" / f"{png}.png")
@@ -208,7 +219,7 @@ def test_verdict_comes_from_the_paired_interval():
                "bad": {"test": {"vs_best_baseline": _vs(-0.05, -0.07, -0.03)}}}
     v = report.verdict(results, ["copy_last", "ridge"], ["gru"], "cosine", best)
     assert "to ridge (the best baseline on val cosine)" in v
-    assert "gru no significant difference (+0.0100 [-0.0020, +0.0200])" in v and v.endswith("No model beats it.")
+    assert "gru no significant difference (+0.0100 [-0.0020, +0.0200]; MDD 0.0110)" in v and v.endswith("No model beats it.")
     # a small difference whose whole interval is above 0 beats; a large mean does not matter by itself
     v = report.verdict(results, ["copy_last", "ridge"], ["gru", "big", "bad"], "cosine", best)
     assert "big beats" in v and "bad loses" in v and v.endswith("Beats it: big.")

@@ -37,7 +37,7 @@ SCHEMA: dict = {
     "ingest": {"source": str, "encoder": ("minilm", "mpnet"), "precision": ("auto", "bf16", "fp32"),
                "batch_size": int, "max_words": int, "min_words": int, "max_articles": int},
     "export": {"overlap": int, "test_stride": int, "val_stride": int, "min_target_position": int, "seed": int,
-               "split": {"train": float, "val": float, "test": float}},
+               "split": {"train": float, "val": float, "test": float}, "folds": int, "fold": int},
     "model": {"hidden_dim": int, "dropout": float, "lstm_layers": int, "gru_layers": int,
               "transformer_layers": int, "transformer_heads": int, "transformer_ff": int, "amn_hidden": int,
               "chunk_size": int, "hierarchy_layers": int, "memory_slots": int, "memory_layers": int,
@@ -242,6 +242,12 @@ def _validate(p: dict) -> dict:
         _fail("export.split", f"fractions must sum to 1, got {sum(fractions.values()):.6g} ({fractions})")
     if fractions["train"] <= 0 or fractions["test"] <= 0:
         _fail("export.split", "train and test fractions must be > 0")
+    if export["folds"] < 0 or export["folds"] in (1, 2):
+        _fail("export.folds", f"must be 0 (the one split of export.split) or >= 3 (test, val and train each need "
+              f"a block of articles), got {export['folds']}")
+    if not (0 <= export["fold"] < max(export["folds"], 1)):
+        _fail("export.fold", f"must be in 0..{max(export['folds'] - 1, 0)} (export.folds = {export['folds']}), "
+              f"got {export['fold']}")
     try:
         check_model(model)
     except ValueError as e:

@@ -218,10 +218,25 @@ def window_starts(lengths: np.ndarray, context_length: int, stride: int, min_tar
     return np.repeat(offsets, counts) + skip + stride * within
 
 
-def split_articles(article_ids: np.ndarray, fractions: dict, seed: int) -> dict[str, np.ndarray]:
-    """Seeded, article-level split: every article lands in exactly one split."""
+def split_articles(article_ids: np.ndarray, fractions: dict, seed: int, folds: int = 0,
+                   fold: int = 0) -> dict[str, np.ndarray]:
+    """Seeded, article-level split: every article lands in exactly one split.
+
+    folds = 0: train/val/test by `fractions` of a seeded permutation (test its last articles, val the
+    ones before). folds = K: the same permutation read from its end and cut into K near-equal blocks
+    (np.array_split); fold k tests block k, validates on block k+1 (mod K) and trains on the rest, so
+    over k = 0..K-1 every article is tested exactly once. Read from the end, block 0 is the fraction
+    split's test and block 1 its val whenever their sizes agree (76 articles, K = 10, 0.1/0.1: 8 and 8),
+    so fold 0 is then the one split, file for file."""
     ids = np.sort(np.asarray(article_ids))
     n = ids.size
+    if folds:
+        if n < folds:
+            raise LvmError(f"export.folds: {folds} folds need at least {folds} long-enough articles, found {n}")
+        blocks = np.array_split(np.random.default_rng(seed).permutation(ids)[::-1], folds)
+        test, val = blocks[fold], blocks[(fold + 1) % folds]
+        train = np.concatenate([b for i, b in enumerate(blocks) if i not in (fold, (fold + 1) % folds)])
+        return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
     n_test = max(1, int(round(fractions["test"] * n)))
     n_val = max(1, int(round(fractions["val"] * n))) if fractions["val"] > 0 else 0
     n_train = n - n_test - n_val
@@ -259,7 +274,7 @@ def _check_no_copied_articles(corpus: Corpus, idx: np.ndarray) -> None:
 
 def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
                    fractions: dict, seed: int, test_stride: int | None = None,
-                   min_target_position: int = 0, val_stride: int = 0) -> dict:
+                   min_target_position: int = 0, val_stride: int = 0, folds: int = 0, fold: int = 0) -> dict:
     """Write {train,val,test}.npz (vectors once + window starts) and return the metadata dict.
 
     Train uses stride L - overlap, val `val_stride` (0: the same) and test `test_stride` (default: the
@@ -283,7 +298,7 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
             f"(longest has {int(corpus.article_len.max())}); lower data.context_length"
             + ("" if first == L else " or export.min_target_position"))
     _check_no_copied_articles(corpus, np.flatnonzero(eligible))
-    splits = split_articles(corpus.article_ids[eligible], fractions, seed)
+    splits = split_articles(corpus.article_ids[eligible], fractions, seed, folds, fold)
     meta_splits, arrays = {}, {}
     for name in SPLITS:
         idx = np.searchsorted(corpus.article_ids, splits[name])  # positions of this split's articles
@@ -328,6 +343,8 @@ def export_windows(corpus: Corpus, out_dir, context_length: int, overlap: int,
         "vectors_in_skipped_articles": int(corpus.article_len[~eligible].sum()),
         "split_seed": seed,
         "split_fractions": dict(fractions),
+        "folds": folds,
+        "fold": fold,
         "splits": meta_splits,
         "total_windows": int(sum(s["windows"] for s in meta_splits.values())),
         "coherence": {"mean_consecutive_cosine": mean, "std_consecutive_cosine": std},

@@ -163,6 +163,41 @@ def compare_to_best(scores: dict[str, dict[str, Score]], best: dict, splits: dic
             scores[name][split].summary["vs_best_baseline"] = vs_best_baseline(scores, name, split, best, s.articles, cfg)
 
 
+def vs_model(scores: dict[str, dict[str, Score]], name: str, reference: str, split: str, articles: np.ndarray,
+             cfg: dict) -> dict:
+    """`name` − `reference` (two models) on the same windows of `split`, paired by article: the
+    comparison the experiments exist for (does the hierarchy, or the memory, beat the plain GRU stack?)."""
+    d = paired(scores[name][split], scores[reference][split], articles, cfg)
+    return {"model": reference,
+            **{f"{metric}_diff{end}": _r(d[metric][key]) for metric in ("cosine", "cand_mrr")
+               for end, key in (("", "mean"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))}}
+
+
+def compare_models(scores: dict[str, dict[str, Score]], reference: str, models: list[str],
+                   splits: dict[str, EvalSplit], cfg: dict) -> None:
+    """Add summary["vs_model"] (each model − `reference`) on every split to every other model."""
+    for name in models:
+        if name != reference:
+            for split, s in splits.items():
+                scores[name][split].summary["vs_model"] = vs_model(scores, name, reference, split, s.articles, cfg)
+
+
+def per_article(scores: dict[str, dict[str, Score]], splits: dict[str, EvalSplit], split: str) -> dict:
+    """Per-article sums of every predictor's per-window cosine and reciprocal candidate-only rank on
+    `split`, with the window counts: all that a paired article bootstrap of a mean difference needs
+    (lvm.metrics.bootstrap_ci's mean path draws articles and divides their summed sums by their summed
+    counts), so that lvm.crossval can pool the test articles of every fold without per-window arrays."""
+    ids, codes = np.unique(splits[split].articles, return_inverse=True)
+
+    def sums(values):
+        return np.bincount(codes, weights=np.asarray(values, np.float64), minlength=ids.size).tolist()
+
+    return {"articles": ids.tolist(), "windows": np.bincount(codes, minlength=ids.size).tolist(),
+            "sums": {name: {"cosine": sums(by_split[split].per_window["cosine"]),
+                            "recip_cand_rank": sums(1.0 / by_split[split].per_window["cand_rank"])}
+                     for name, by_split in scores.items()}}
+
+
 def summaries(scores: dict[str, dict[str, Score]]) -> dict:
     """{name: {split: summary}}: evaluate.json's predictor part."""
     return {name: {split: s.summary for split, s in by_split.items()} for name, by_split in scores.items()}
@@ -237,4 +272,8 @@ def headline(evaluation: dict, models: list[str]) -> dict:
         out[name] = {"test_cosine": t["cosine_mean"], "cosine_diff": v["cosine_diff"],
                      "cosine_diff_ci_low": v["cosine_diff_ci_low"], "cosine_diff_ci_high": v["cosine_diff_ci_high"],
                      "cand_mrr": t["cand_mrr"], "cand_mrr_diff": v["cand_mrr_diff"]}
+        if "vs_model" in t:  # this model − the reference model (gru) on the same windows
+            m = t["vs_model"]
+            out[name].update({f"cosine_diff_vs_{m['model']}{end}": m[f"cosine_diff{end}"]
+                              for end in ("", "_ci_low", "_ci_high")})
     return out

@@ -174,12 +174,7 @@ def bootstrap_ci(
     draws = rng.integers(0, n_groups, size=(n_boot, n_groups))
 
     if stat is np.mean:
-        # counts[b, g] = how often group g was drawn in replicate b.
-        flat = draws + (np.arange(n_boot) * n_groups)[:, None]
-        counts = np.bincount(flat.ravel(), minlength=n_boot * n_groups)
-        counts = counts.reshape(n_boot, n_groups).astype(np.float64)
-        sums = np.bincount(codes, weights=values, minlength=n_groups)
-        boot = (counts @ sums) / (counts @ sizes)
+        boot = _replicate_means(draws, np.bincount(codes, weights=values, minlength=n_groups), sizes)
     else:
         boot = np.empty(n_boot, dtype=np.float64)
         for b in range(n_boot):
@@ -193,6 +188,35 @@ def bootstrap_ci(
             boot[b] = stat(sorted_vals[idx])
 
     lo, hi = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(lo), float(hi)
+
+
+def _replicate_means(draws: np.ndarray, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Mean of the pooled values of each replicate's drawn groups, from the groups' sums and sizes."""
+    n_boot, n_groups = draws.shape
+    # counts[b, g] = how often group g was drawn in replicate b.
+    flat = draws + (np.arange(n_boot) * n_groups)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=n_boot * n_groups)
+    counts = counts.reshape(n_boot, n_groups).astype(np.float64)
+    return (counts @ sums) / (counts @ sizes)
+
+
+def group_sums_ci(
+    sums: np.ndarray,
+    sizes: np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float | None, float | None]:
+    """:func:`group_ci` from each group's sum of values and number of values (groups in the order of
+    their sorted ids, as np.unique gives them): the same draws and the same interval as the per-value
+    call, for callers that keep only per-article sums (lvm.crossval pools folds that way)."""
+    sums = np.asarray(sums, dtype=np.float64)
+    sizes = np.asarray(sizes)
+    if sums.size < MIN_CI_ARTICLES:
+        return None, None
+    draws = np.random.default_rng(seed).integers(0, sums.size, size=(n_boot, sums.size))
+    lo, hi = np.quantile(_replicate_means(draws, sums, sizes), [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(lo), float(hi)
 
 

@@ -21,6 +21,26 @@ def fmt_diff(v: dict, key: str, n_articles: int | None = None) -> str:
     return f"{v[key]:+.4f} {fmt_ci(v[key + '_ci_low'], v[key + '_ci_high'], '+.4f', n_articles)}"
 
 
+def half_width(lo, hi) -> float | None:
+    """The minimum detectable difference of a paired comparison: half its interval's width. A true
+    difference smaller than it usually reads as "no significant difference" at this many articles."""
+    return None if lo is None or hi is None else (hi - lo) / 2
+
+
+def decided(v: dict, key: str) -> tuple[str, str]:
+    """(verdict word, "diff [lo, hi]; MDD x") of the paired difference v[key] with its interval."""
+    lo, hi = v[key + "_ci_low"], v[key + "_ci_high"]
+    word = interval_verdict(lo, hi)
+    if word == "no interval":
+        word = "cannot be decided (too few articles for an interval)"
+    mdd = half_width(lo, hi)
+    return word, fmt_diff(v, key) + ("" if mdd is None else f"; MDD {mdd:.4f}")
+
+
+MDD_NOTE = ("MDD = minimum detectable difference, half the paired interval's width at {n} articles: a true "
+            "difference smaller than it usually reads as no significant difference here.")
+
+
 def verdict(results: dict, baselines: list[str], models: list[str], metric: str, best: dict,
             split: str = "test") -> str:
     """One sentence per metric ("cosine" or "mrr"), from the paired intervals of each model's
@@ -30,17 +50,41 @@ def verdict(results: dict, baselines: list[str], models: list[str], metric: str,
     ref = best[metric]
     parts, winners = [], []
     for m in models:
-        v = results[m][split]["vs_best_baseline"]
-        word = interval_verdict(v[key + "_ci_low"], v[key + "_ci_high"])
-        if word == "no interval":
-            word = "cannot be decided (too few articles for an interval)"
+        word, figures = decided(results[m][split]["vs_best_baseline"], key)
         if word == "beats":
             winners.append(m)
-        parts.append(f"{m} {word} ({fmt_diff(v, key)})")
+        parts.append(f"{m} {word} ({figures})")
     head = (f"Test {label}, paired difference to {ref} (the best baseline on val {label}), 95% article "
             "bootstrap: ")
     tail = (f"Beats it: {', '.join(winners)}." if winners else "No model beats it.")
     return head + ("; ".join(parts) + ". " if parts else "") + tail
+
+
+def model_table(results: dict, models: list[str], split: str = "test") -> list[str]:
+    """Each model − the reference model (summary["vs_model"]) on the same windows: a table and one verdict
+    line per metric. [] when no model carries the comparison."""
+    rows = [m for m in models if "vs_model" in results[m][split]]
+    if not rows:
+        return []
+    ref = results[rows[0]][split]["vs_model"]["model"]
+    n_art = int(results[ref][split]["n_articles"])
+    lines = [f"Model against model: each model's per-window score minus {ref}'s on the same {split} windows, "
+             f"95% article bootstrap (paired); MDD = minimum detectable difference (half the interval's width).",
+             "", f"| model − {ref} | cosine diff [95% CI] | cosine MDD | cand. MRR diff [95% CI] | MRR MDD |",
+             "|---|---|---|---|---|"]
+    for m in rows:
+        v = results[m][split]["vs_model"]
+        mdd = [half_width(v[f"{k}_ci_low"], v[f"{k}_ci_high"]) for k in ("cosine_diff", "cand_mrr_diff")]
+        lines.append(f"| {m} | {fmt_diff(v, 'cosine_diff', n_art)} | {fmt(mdd[0])} | "
+                     f"{fmt_diff(v, 'cand_mrr_diff', n_art)} | {fmt(mdd[1])} |")
+    for key, label in (("cosine_diff", "cosine"), ("cand_mrr_diff", "candidate MRR")):
+        parts = []
+        for m in rows:
+            word, figures = decided(results[m][split]["vs_model"], key)
+            word = {"beats": f"beats {ref}", "loses": f"loses to {ref}"}.get(word, word)
+            parts.append(f"{m} {word} ({figures})")
+        lines += ["", f"{split.capitalize()} {label}, model − {ref}, paired: " + "; ".join(parts) + "."]
+    return lines + [""]
 
 
 def results_table(results: dict, baselines: list[str], models: list[str], best: dict, curve: dict | None = None,
@@ -92,6 +136,7 @@ def results_table(results: dict, baselines: list[str], models: list[str], best: 
             f"| {t['contrastive_acc']:.4f} |")
     lines += ["", verdict(results, baselines, models, "cosine", best), "",
               verdict(results, baselines, models, "mrr", best), ""]
+    lines += model_table(results, models) + [MDD_NOTE.format(n=n_art), ""]
     if curve:
         lines += curve_table(curve, baselines + models, curve_files)
     return "\n".join(lines)

@@ -5,7 +5,8 @@ writes the files its command in dvc.yaml names: --metrics ({"best_baseline": {"c
 name}, predictor: {split: {metric: value, "vs_best_baseline": {...}}}}), --headline (its few figures
 that say which experiment is better: lvm.evaluation.headline), --curve (test cosine from the last k
 context vectors only, per predictor and k), --report (markdown; `make docs` shows it in the README),
---sample (a few windows of one test article decoded to text, lvm.inspect) and the figures of
+--sample (a few windows of one test article decoded to text, lvm.inspect), --per-article (per test
+article sums of every predictor's scores: what lvm.crossval pools over folds) and the figures of
 lvm.plots.EVALUATE_FIGURES into --figures. All of them change together or not at all.
 
 The scoring is lvm.evaluation's (the paired differences to the best baseline chosen on val); this
@@ -22,9 +23,9 @@ from lvm import LvmError
 from lvm.checkpoints import load_model
 from lvm.data import WindowDataset, check_same_export
 from lvm.entry import stage_main
-from lvm.evaluation import (EVAL_SPLITS, baseline_predictors, check_disjoint, choose_best_baseline, compare_to_best,
-                            context_curve, curve_grid, eval_splits, fit_baselines, headline, model_predictor,
-                            score_all, summaries, warn_few_articles)
+from lvm.evaluation import (EVAL_SPLITS, baseline_predictors, check_disjoint, choose_best_baseline, compare_models,
+                            compare_to_best, context_curve, curve_grid, eval_splits, fit_baselines, headline,
+                            model_predictor, per_article, score_all, summaries, warn_few_articles)
 from lvm.hardware import resolve_device, resolve_precision
 from lvm.io import NpzReader, atomic_outputs, log_run, write_json, write_text
 from lvm.pipeline import experiments as pipeline_experiments, labels
@@ -47,7 +48,7 @@ def check_corpus_dim(p: dict, test: WindowDataset) -> None:
 
 
 def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, out_headline: str,
-        out_curve: str, out_md: str, out_sample: str | None, plots_dir: str,
+        out_curve: str, out_md: str, out_sample: str | None, plots_dir: str, out_per_article: str | None = None,
         experiments: dict | None = None) -> dict:
     """Score every experiment ({experiment: model}; default: dvc.yaml's train_* stages) and every
     baseline; each experiment is reported under its label (lvm.pipeline.labels: gru, ..., gru_retrieval)."""
@@ -84,6 +85,9 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
     best = choose_best_baseline(scores, list(baselines))
     print(f"best baseline on val: cosine {best['cosine']}, candidate MRR {best['mrr']}")
     compare_to_best(scores, best, splits, cfg)
+    reference = label.get("baseline")  # train_baseline's gru: the architecture every other one is paired with
+    if reference in models:
+        compare_models(scores, reference, list(models), splits, cfg)
     results = summaries(scores)
     for name in predictors:
         t = results[name]["test"]
@@ -116,6 +120,9 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
         make_figures(results, scores, list(baselines), label, plots_dir, live_dir, best=best, curve=curve)
         if out_sample:
             write_text(out_sample, sample)
+        if out_per_article:
+            write_json(out_per_article, {"split_id": datasets["test"].split_id, "best_baseline": best,
+                                         "reference_model": reference, "test": per_article(scores, splits, "test")})
     # the curve's cost changes on every run: logged (logs/evaluate.jsonl), not written into results.md
     log_run("evaluate", {"seconds_context_curve": round(curve_seconds, 1), "predictors": len(predictors),
                          "curve_windows": curve["n_windows"]})
@@ -124,7 +131,8 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
 
 main = stage_main(run, __doc__, data="data_dir", paths={
     "--models": "models_dir", "--live": "live_dir", "--metrics": "out_json", "--headline": "out_headline",
-    "--curve": "out_curve", "--report": "out_md", "--sample": "out_sample", "--figures": "plots_dir"})
+    "--curve": "out_curve", "--report": "out_md", "--sample": "out_sample", "--figures": "plots_dir",
+    "--per-article": "out_per_article"})
 
 
 if __name__ == "__main__":

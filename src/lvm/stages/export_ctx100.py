@@ -23,7 +23,7 @@ def run(p: dict, out_dir: str, metadata: str | None = None) -> dict:
     with atomic_outputs():
         meta = export_windows(corpus, out_dir, data["context_length"], export["overlap"],
                               export["split"], export["seed"], export["test_stride"],
-                              export["min_target_position"], export["val_stride"])
+                              export["min_target_position"], export["val_stride"], export["folds"], export["fold"])
         write_json(metadata, meta)  # no timing in it: a rerun on the same inputs writes the same bytes
     s = meta["splits"]
     print(f"export: L={meta['context_length']} stride={meta['stride']} first target "
