@@ -8,7 +8,6 @@ share of the same global batches and rank 0 writes the outputs.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ from lvm.checkpoints import RESUME_FIX, resume_checkpoint, save_checkpoint, unti
 from lvm.data import WindowDataset, check_same_export, should_mmap
 from lvm.distributed import all_sum, dist_env, init_distributed
 from lvm.hardware import autocast, resolve_device, resolve_precision
-from lvm.io import atomic_outputs, log_run, remove_stale_temps, replace_dir, write_json
+from lvm.io import atomic_outputs, log_run, no_signals, remove_stale_temps, replace_dir, write_json
 from lvm.losses import compute_loss, target_ids
 from lvm.models import MODEL_NAMES, count_parameters, create_model
 from lvm.models.base import fit_normalizer
@@ -513,25 +512,3 @@ def catch_termination():
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def no_signals():
-    """Hold SIGINT/SIGTERM until the block is done, then deliver the first one to the handler that was
-    in place. A Python-level handler, not pthread_sigmask: the kernel hands a process's signal to any
-    thread that does not block it (torch's OpenMP workers do not), and Python then runs the handler in
-    the main thread wherever it is, so masking the main thread alone held nothing (a stranded
-    models/<exp>/.last.pt.*.tmp in 2 of 2 interrupted runs)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():  # (None: a handler set outside Python; the default then)
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        if held:
-            signal.raise_signal(held[0])
