@@ -158,20 +158,22 @@ def _train(job: TrainJob) -> dict:
                                f"lower train.lr ({cfg['lr']}) or check the vectors for extreme values")
             improved = track_best(state, row)
             state.epoch = epoch + 1
-            if not job.main:
-                continue
-            if improved:
-                keep_best_weights(state, scored, row)
-            log_row(live, row)
-            print_epoch(job, row, n / seconds, improved)
-            # signals held during the write: a Ctrl-C between mkstemp and atomic_path's cleanup stranded a
-            # models/<exp>/.last.pt.*.tmp once; held, it lands right after, with last.pt whole
-            with no_signals():
-                save_last(job.last_path, model, opt, sched, ema, state)
-                saved_epoch = state.epoch
+            if job.main:
+                if improved:
+                    keep_best_weights(state, scored, row)
+                log_row(live, row)
+                print_epoch(job, row, n / seconds, improved)
+                # signals held during the write: a Ctrl-C between mkstemp and atomic_path's cleanup stranded
+                # a models/<exp>/.last.pt.*.tmp once; held, it lands right after, with last.pt whole
+                with no_signals():
+                    save_last(job.last_path, model, opt, sched, ema, state)
+                    saved_epoch = state.epoch
+            # every rank stops together (the val figures are all-reduced, so they agree): a rank that went
+            # on alone waited in the next epoch's all-reduce for a rank 0 that had finished
             if cfg["patience"] and state.stale >= cfg["patience"]:
-                print(f"{experiment}: no val gain for {state.stale} epochs (train.patience); "
-                      f"stopping after epoch {epoch + 1}")
+                if job.main:
+                    print(f"{experiment}: no val gain for {state.stale} epochs (train.patience); "
+                          f"stopping after epoch {epoch + 1}")
                 break
         metrics = run_metrics(job.model_name, n_params, model, train_ds, val_ds, cfg, state, unique_targets,
                               per_window, start_cos, job.device, job.world)
