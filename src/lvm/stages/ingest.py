@@ -10,25 +10,8 @@ import torch
 
 from lvm.entry import stage_main
 from lvm.hardware import resolve_precision
-from lvm.corpus import chunk_text, clean_wikitext, default_source, encode, iter_pages, load_encoder
-from lvm.io import atomic_outputs, log_run, progress, save_npz, write_json
-
-
-def build_chunks(source, max_words: int, min_words: int, max_articles: int = 0):
-    """(titles, texts, article_indices, chunk_indices) for every article with at least one chunk."""
-    titles, texts, articles, chunks = [], [], [], []
-    for title, wikitext in progress(iter_pages(source), desc="parse", unit=" pages"):
-        pieces = chunk_text(clean_wikitext(wikitext), max_words, min_words)
-        if not pieces:
-            continue
-        article_id = len(titles)
-        titles.append(title)
-        texts.extend(pieces)
-        articles.extend([article_id] * len(pieces))
-        chunks.extend(range(len(pieces)))
-        if max_articles and len(titles) >= max_articles:
-            break
-    return titles, texts, np.array(articles, np.int32), np.array(chunks, np.int32)
+from lvm.corpus import build_chunks, default_source, encode, load_encoder
+from lvm.io import atomic_outputs, log_run, save_npz, write_json
 
 
 def run(p: dict, out: str, stats_path: str) -> dict:
