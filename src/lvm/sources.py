@@ -42,6 +42,7 @@ import numpy as np
 from lvm import LvmError
 from lvm.config import CORPUS_SOURCES
 from lvm.corpus import chunk_documents, clean_wikitext, default_source, iter_pages
+from lvm.io import progress
 
 # Where `fetch` unpacks and ingest reads the sources (relative to the repository root, where dvc
 # runs the stages); LVM_SOURCES_DIR moves it.
@@ -182,7 +183,7 @@ def _rst_paragraphs(lines: list[str]) -> list[str]:
             if directive:
                 name = directive.group(1).lower().rsplit(":", 1)[-1]
                 if name in ADMONITIONS or name in DESCRIPTIONS:
-                    body = [l for l in lines[i + 1:end]]
+                    body = lines[i + 1:end]
                     while body and (not body[0].strip() or FIELD.match(body[0])):
                         body.pop(0)  # the directive's options
                     if name in ARGUMENT_IS_PROSE and directive.group(2).strip():
@@ -196,7 +197,7 @@ def _rst_paragraphs(lines: list[str]) -> list[str]:
             i = _skip_block(lines, i + 1, indent)
             continue
         bullet = BULLET.match(stripped)
-        if bullet and not current or bullet and indent != text_indent:
+        if bullet and (not current or indent != text_indent):
             flush()
             stripped = stripped[bullet.end():]
             text_indent = indent + bullet.end()
@@ -379,8 +380,6 @@ def build_source(name: str, max_words: int, min_words: int, max_articles: int = 
     refuses such copies: one in test with its twin in train leaks); `max_articles` caps each source.
     per_source: {domain: {documents, chunks, documents_with_at_least_{101,501,1001}_chunks,
     duplicates_skipped, licence, package}}."""
-    from lvm.io import progress
-
     names = source_names(name)
     several = len(names) > 1
     titles, texts, articles, chunks, domains, per_source = [], [], [], [], [], {}
@@ -420,7 +419,7 @@ def build_source(name: str, max_words: int, min_words: int, max_articles: int = 
             np.concatenate(domains), list(names), per_source)
 
 
-def _fetched_version(root: Path, source: "Source") -> str:
+def _fetched_version(root: Path, source: Source) -> str:
     """`package version` as fetch recorded it in the source's folder (the package's name alone when
     the folder holds no record, e.g. a hand-made one)."""
     record = root / source.name / "FETCHED.json"
@@ -458,6 +457,8 @@ def _unpack(archive: Path, into: Path) -> None:
     if archive.suffix == ".deb":
         _run(["dpkg-deb", "-x", str(archive), str(into)], into)
     else:
+        if not hasattr(tarfile, "data_filter"):
+            raise LvmError("fetch: unpacking needs tarfile's data filter (Python 3.10.12+ or 3.11.4+)")
         with tarfile.open(archive) as tar:
             tar.extractall(into, filter="data")  # no absolute paths, links out or device files
 
