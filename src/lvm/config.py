@@ -54,6 +54,11 @@ SCHEMA: dict = {
     "overrides": dict,
 }
 
+# ingest.source values besides `default` and a *.xml(.bz2) dump's path (lvm.sources reads them):
+# one of these, `combined` (all of them) or several joined by `+` (brown+shakespeare)
+CORPUS_SOURCES = ("wikipedia", "linux-doc", "python-doc", "brown", "shakespeare")
+
+
 def _fail(key: str, msg: str):
     raise LvmError(f"params: {key}: {msg}")
 
@@ -288,6 +293,16 @@ def _validate(p: dict) -> dict:
     for key in ("batch_size", "max_words"):
         if p["ingest"][key] < 1:
             _fail(f"ingest.{key}", f"must be >= 1, got {p['ingest'][key]}")
+    source = p["ingest"]["source"]
+    if source not in ("default", "combined") and not source.endswith((".xml", ".xml.bz2", ".bz2")):
+        names = source.split("+")
+        unknown = [name for name in names if name not in CORPUS_SOURCES]
+        if unknown:
+            _fail("ingest.source", f"unknown source {unknown[0]!r} (choose default, combined, one of "
+                  f"{', '.join(CORPUS_SOURCES)}, several joined by + such as brown+shakespeare, or the path "
+                  "of a MediaWiki *.xml.bz2 dump)")
+        if len(set(names)) < len(names):
+            _fail("ingest.source", f"{source!r} names a source twice")
     if p["ingest"]["max_articles"] < 0:
         _fail("ingest.max_articles", f"must be >= 0 (0 = all), got {p['ingest']['max_articles']}")
     if p["evaluate"]["ridge_k"] < 1 or p["evaluate"]["ridge_k"] > L:
