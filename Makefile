@@ -10,7 +10,7 @@ export DVC_STUDIO_OFFLINE := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install pipeline test docs bench clean-venv
+.PHONY: install pipeline test docs bench clean-venv corpus
 
 install: $(VENV)/.installed
 
@@ -37,3 +37,13 @@ clean-venv:
 bench: install
 	$(BIN)/python bench/throughput.py --repeats 3
 	$(BIN)/python -m lvm.docs
+
+# The larger offline corpus (docs/data.md, "A larger offline corpus"): fetch the packages into
+# data/sources/ (no root, nothing installed), then ingest CORPUS_SOURCE into data/corpus_large/
+# (data/corpus, the pipeline's default, stays the Wikipedia shard's).
+CORPUS_SOURCE ?= combined
+corpus: install
+	$(BIN)/python -m lvm.sources fetch
+	$(BIN)/python -m lvm.sources params --source $(CORPUS_SOURCE) --out data/corpus_large/params.yaml
+	PYTHONPATH=src $(BIN)/python -m lvm.stages.ingest --params data/corpus_large/params.yaml \
+		--out data/corpus_large/vectors.npz --stats data/corpus_large/stats.json

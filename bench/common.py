@@ -1,4 +1,5 @@
-"""Helpers every benchmark script uses: a process's memory from /proc, the CPU's name.
+"""Helpers every benchmark script uses: a process's memory from /proc, the CPU's name, the
+checkout's params.yaml.
 
 The scripts run as `python bench/<name>.py`, so this folder is on sys.path and `from common import ...`
 finds this file (also in the child processes they start the same way).
@@ -6,6 +7,17 @@ finds this file (also in the child processes they start the same way).
 from __future__ import annotations
 
 import platform
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def repository_params() -> dict:
+    """The checkout's params.yaml, validated: the values a benchmark builds its models and runs from
+    where it sets nothing itself (create_model takes every model key from its caller)."""
+    from lvm.config import load_params  # (after the script has put src/ on the path, if it does)
+
+    return load_params(REPO / "params.yaml")
 
 
 def proc_status(fields, pid="self") -> dict:

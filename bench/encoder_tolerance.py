@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from common import cpu_model  # noqa: E402
 from lvm.config import load_params  # noqa: E402
-from lvm.corpus import default_source, encode, load_encoder  # noqa: E402
-from lvm.stages.ingest import build_chunks  # noqa: E402
+from lvm.corpus import build_chunks, default_source, encode, load_encoder  # noqa: E402
 
 
 def st_encode(model, texts, batch_size):

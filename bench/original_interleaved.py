@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import cpu_model  # noqa: E402
+from common import cpu_model, repository_params  # noqa: E402
 
 MODELS = ("lstm", "gru", "transformer", "amn", "hierarchical_gru", "memory_gru")
 # the original implementation's parameter counts at D=768 (its description)
@@ -161,7 +161,6 @@ REFERENCES = {"lstm": RefLSTM, "gru": RefGRU, "transformer": RefTransformer, "am
 
 def build(name: str, d: int, L: int, batch: int):
     """{config: step function} for the reference (fp32, MSE) and ours (fp32, bf16 where native)."""
-    from lvm.config import repository_params
     from lvm.hardware import native_bf16
     from lvm.models import count_parameters, create_model
     from lvm.training import train_step

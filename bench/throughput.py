@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_model, proc_status
+from common import cpu_model, proc_status, repository_params
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -167,7 +167,6 @@ def child_model(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from lvm.config import repository_params
     from lvm.hardware import autocast
     from lvm.models import count_parameters, create_model
     from lvm.models import fastrnn
@@ -180,7 +179,7 @@ def child_model(spec: dict) -> dict:
     params = repository_params()
     tcfg = {**params["train"], **ORIGINAL_TRAIN, "min_context": 1}
     torch.manual_seed(0)
-    model = create_model(spec["model"], input_dim=D, context_length=L,
+    model = create_model(spec["model"], input_dim=D, context_length=L, normalize="none",  # as the original
                          **{**params["model"], **ORIGINAL_MODEL}).to(device)
     opt = make_optimizer(model, tcfg, device)  # fused on CUDA, as training
     g = torch.Generator().manual_seed(1)

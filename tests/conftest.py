@@ -30,6 +30,13 @@ def merge(base: dict, over: dict) -> dict:
 # dict below is this one with a few keys changed.
 REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
+
+def repository_params() -> dict:
+    """The repository's params.yaml as the stages see it (validated: ints of number keys as floats)."""
+    from lvm.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
 # How the tests train where they say nothing else: the simplest setup (the original's loss and
 # targets; no anchor, normalisation, sampling or early stopping), not params.yaml's, so that a test's
 # run stays small and its numbers easy to reason about.

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO_PARAMS, SIMPLE_TRAINING, merge, write_vectors
+from conftest import REPO_PARAMS, SIMPLE_TRAINING, merge, repository_params, write_vectors
 from lvm.data import export_windows, load_corpus
 
 
@@ -34,7 +34,6 @@ def test_levers_and_data_scale(workdir):
     out = json.loads((workdir / "out/ablation.json").read_text())
     # normalize=robust restates params.yaml: no duplicate row; the retrieval experiment's overrides are a row
     assert [r["name"] for r in out["runs"]] == ["default", "targets=last", "retrieval"]
-    from lvm.config import repository_params
     retrieval = repository_params()["overrides"]["retrieval"]
     assert out["runs"][2]["overrides"] == {f"{s}.{k}": v for s, keys in retrieval.items() for k, v in keys.items()}
     best = out["best_baseline"]["cosine"]

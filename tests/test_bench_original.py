@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, repository_params
 
 sys.path.insert(0, str(REPO / "bench"))
 import original_interleaved as oi  # noqa: E402
@@ -15,7 +15,6 @@ import original_interleaved as oi  # noqa: E402
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_references_have_the_same_layers_as_ours_where_the_original_matches_them(name):
-    from lvm.config import repository_params
     from lvm.models import count_parameters, create_model
 
     ref = oi.REFERENCES[name](768)

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from lvm.config import repository_params, validate
+from lvm.config import validate
 from lvm.corpus import chunk_text, clean_wikitext, iter_pages, split_sentences
 
-from conftest import SHORT_ARTICLES, merge
+from conftest import SHORT_ARTICLES, merge, repository_params
 
 
 def words(n, start=0):

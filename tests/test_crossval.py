@@ -125,3 +125,29 @@ def test_the_committed_crossval_tests_every_long_enough_article_once():
     # fold 0 is the committed pipeline's split: its test articles are the committed evaluate's
     committed = json.loads((REPO / "metrics" / "per_article.json").read_text())
     assert a["runs"][0]["test_articles"] == len(committed["test"]["articles"]) == a["fold0"]["n_articles"]
+
+
+def test_sweep_pairs_each_model_with_itself_at_another_context_length():
+    """lvm.sweep: model at L' minus itself at L on the same targets = the per-window paired bootstrap."""
+    from lvm import sweep
+
+    rng = np.random.default_rng(2)
+    arts, counts = [3, 5, 8], [4, 6, 5]
+    runs, files, per_window = [], {}, {}
+    for L in (5, 20, 50, 100):
+        run, pw, groups = fold_run(0, arts, counts, rng)
+        runs.append({"L": L, "rev": f"L{L}", "name": f"L{L}"})
+        files[f"L{L}"], per_window[L] = run["per_article"], pw
+    assert sweep.context_pairs([5, 20, 50, 100]) == [(5, 20), (20, 50), (50, 100), (20, 100)]
+    rows = sweep.same_model_rows(runs, ["gru", "hierarchical_gru"], CFG, read=files.get)
+    want = paired_difference(per_window[100]["gru"]["cosine"], per_window[20]["gru"]["cosine"], groups, n_boot=500, seed=0)
+    got = rows[(20, 100)]["gru"]
+    assert (got["cosine_diff"], got["ci_low"], got["ci_high"]) == pytest.approx(
+        (want["mean"], want["ci_low"], want["ci_high"]), abs=2e-6)
+    md = "\n".join(sweep.same_model_table(rows))
+    assert "| 100 − 20 |" in md and "L=100 vs L=20: gru " in md and "MDD" in md
+    # a run without the file (recorded before it existed): no pairing rather than a wrong one
+    assert sweep.same_model_rows(runs, ["gru"], CFG, read=lambda rev: None) == {}
+    files["L50"] = fold_run(0, [3, 5, 9], counts, rng)[0]["per_article"]
+    with pytest.raises(LvmError, match="L=20 and L=50 scored other test windows"):
+        sweep.same_model_rows(runs, ["gru"], CFG, read=files.get)

@@ -117,6 +117,20 @@ def test_nproc_relaunches_through_torchrun_and_resumes(tmp_path, data_dir, singl
     print(f"train.nproc=2 (1 epoch + resume) vs 1 process, max relative gap: {gaps}")
 
 
+def test_early_stopping_stops_every_rank(tmp_path, data_dir):
+    """train.patience under DDP: rank 1 stops with rank 0 (it once went on alone into the next epoch's
+    all-reduce and failed there, after rank 0 had published: the stage failed)."""
+    # a learning rate this high overshoots within a few epochs: val loss rises and patience 1 stops the run
+    d = workdir(tmp_path, data_dir, **{**DDP, "epochs": 8, "lr": 0.05, "loss": "cosine", "patience": 1, "nproc": 2})
+    cmd = [sys.executable, "-m", "lvm.stages.train", "--model", "gru", "--experiment", "exp", "--data", "data/ctx100",
+           "--models", "models", "--metrics", "metrics", "--live", "dvclive", "--no-progress"]
+    r = subprocess.run(cmd, cwd=d, env=stage_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 processes (DDP)" in r.stdout and "(train.patience); stopping after epoch" in r.stdout
+    stopped = load_checkpoint(d / "models/exp/last.pt")["epoch"]
+    assert stopped < 8 and load_checkpoint(d / "models/exp/final.pt")["epoch"] == stopped
+
+
 def test_batch_not_divisible_by_the_processes_fails_by_name(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "3")

@@ -10,9 +10,8 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import BIN, REPO, merge, stage_env, write_vectors
+from conftest import BIN, REPO, merge, repository_params, stage_env, write_vectors
 from lvm.models import MODEL_PARAMS
-from lvm.config import repository_params
 from lvm.pipeline import experiments
 from test_train import TINY_SIZES
 

@@ -177,3 +177,17 @@ def test_the_dependency_check_catches_a_planted_import(tmp_path):
     assert uncovered(code_run_by("lvm.stages.fit", graph), deps) == {"src/lvm/helper.py"}
     assert uncovered(code_run_by("lvm.stages.fit", graph), deps[:-1]) == {
         "src/lvm/helper.py", "src/lvm/models/__init__.py", "src/lvm/models/gru.py"}
+
+
+def test_no_module_outside_the_stages_imports_a_stage():
+    # a stage reads, calls, writes: what another module needs from it belongs in the library
+    # (e.g. lvm.evaluation, lvm.corpus); bench/ scripts count too
+    graph = import_graph()
+    outside = {(a, b) for a, targets in graph.items() if not a.startswith("lvm.stages")
+               for b in targets if b.startswith("lvm.stages")}
+    assert outside == set()
+    for script in sorted((REPO / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text(), str(script))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("lvm.stages") for n in names), f"{script.name} imports {names}"

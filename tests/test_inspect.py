@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, stage_env, write_vectors
+from conftest import REPO, repository_params, stage_env, write_vectors
 from lvm import LvmError
 from lvm.data import WindowDataset, export_windows, load_corpus
 from lvm.inspect import (copy_last, hierarchy_saliency, inspect_command, load_corpus_text, memory_slot_stats,
@@ -108,8 +108,9 @@ def test_memory_slot_counts_sum_to_the_number_of_reads(corpus_dir):
     root, _ = corpus_dir
     test = WindowDataset(root / "ctx" / "test.npz")
     torch.manual_seed(0)
-    model = create_model("memory_gru", input_dim=12, context_length=10, hidden_dim=16, memory_slots=32,
-                         memory_layers=2, anchor="none").eval()
+    model = create_model("memory_gru", input_dim=12, context_length=10, normalize="none",
+                         **{**repository_params()["model"], "hidden_dim": 16, "memory_slots": 32,
+                            "memory_layers": 2, "anchor": "none"}).eval()
     stats = memory_slot_stats(model, test, batch_size=7)
     n = len(test)
     for kind, reads in (("first", n * 10), ("second", n)):
@@ -126,7 +127,8 @@ def test_memory_slot_counts_sum_to_the_number_of_reads(corpus_dir):
         assert torch.equal(raw, model.predict_raw(ctx))
     assert reads["first"].shape == (4, 10, 32) and reads["second"].shape == (4, 32)
     with pytest.raises(LvmError, match="memory_gru"):
-        memory_slot_stats(create_model("gru", input_dim=12, context_length=10, hidden_dim=16), test)
+        memory_slot_stats(create_model("gru", input_dim=12, context_length=10, normalize="none",
+                                       **{**repository_params()["model"], "hidden_dim": 16}), test)
 
 
 @pytest.mark.parametrize("L, chunk", [(10, 5), (12, 5)])
@@ -136,8 +138,8 @@ def test_hierarchy_saliency_shares_sum_to_one(tmp_path, L, chunk):
                    {"train": 0.5, "val": 0.0, "test": 0.5}, seed=1)
     test = WindowDataset(tmp_path / "ctx" / "test.npz")
     torch.manual_seed(0)
-    model = create_model("hierarchical_gru", input_dim=12, context_length=L, hidden_dim=16, chunk_size=chunk,
-                         anchor="none")
+    model = create_model("hierarchical_gru", input_dim=12, context_length=L, normalize="none",
+                         **{**repository_params()["model"], "hidden_dim": 16, "chunk_size": chunk, "anchor": "none"})
     sal = hierarchy_saliency(model, test, batch_size=5)
     assert sal["windows"] == len(test) and sal["padding"] == (-L) % chunk
     assert sal["n_chunks"] == -(-L // chunk) == len(sal["chunk_share"]) == len(sal["chunk_grad_x_input"])

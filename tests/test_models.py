@@ -6,14 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lvm.config import SCHEMA, repository_params
-from lvm.models import _REGISTRY, MODEL_NAMES, MODEL_PARAMS, count_parameters, create_model
+from conftest import repository_params
+from lvm.config import SCHEMA
+from lvm.models import _REGISTRY, MODEL_NAMES, MODEL_PARAMS, config_keys, count_parameters, create_model
 
 D, L, B = 16, 20, 3
 # small but structurally complete: every model keeps >= 2 layers where it stacks them
 SMALL = dict(hidden_dim=32, lstm_layers=2, gru_layers=2, transformer_layers=2, transformer_heads=4,
              transformer_ff=64, amn_hidden=32, chunk_size=5, hierarchy_layers=2, memory_slots=24,
-             memory_layers=2, dropout=0.0, anchor="none")
+             memory_layers=2, dropout=0.0, anchor="none", normalize="none")
+# params.yaml's model section, no normaliser: what create_model is given where a test sets nothing itself
+SHIPPED = {**repository_params()["model"], "normalize": "none"}
 ORIGINAL_PARAMS = dict(lstm=5.1e6, gru=7.1e6, transformer=17.9e6, amn=1.5e6, hierarchical_gru=8.6e6,
                        memory_gru=11.3e6)
 
@@ -105,38 +108,38 @@ def test_eval_is_deterministic_with_dropout(name):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_parameter_counts_match_original(name):
     # the original's sizes at D=768, L=100 with the params.yaml defaults (constructor defaults)
-    n = count_parameters(create_model(name, input_dim=768, context_length=100))
+    n = count_parameters(create_model(name, input_dim=768, context_length=100, **SHIPPED))
     assert abs(n / ORIGINAL_PARAMS[name] - 1) < 0.10, n
 
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as e:
-        create_model("lstn", input_dim=D, context_length=L)
+        create_model("lstn", input_dim=D, context_length=L, **SHIPPED)
     for name in MODEL_NAMES:
         assert name in str(e.value)
 
 
 def test_unused_keys_ignored_used_keys_validated():
-    model = create_model("lstm", input_dim=D, context_length=L, hidden_dim=32, chunk_size=7, memory_slots=-1,
-                         whatever="x")
-    defaults = repository_params()["model"]
+    model = create_model("lstm", input_dim=D, context_length=L,
+                         **{**SHIPPED, "hidden_dim": 32, "chunk_size": 7, "memory_slots": -1, "whatever": "x"})
     assert model.config == {"name": "lstm", "input_dim": D, "context_length": L, "hidden_dim": 32,
-                            "lstm_layers": defaults["lstm_layers"], "dropout": defaults["dropout"],
-                            "anchor": defaults["anchor"], "normalize": "none"}
+                            "lstm_layers": SHIPPED["lstm_layers"], "dropout": SHIPPED["dropout"],
+                            "anchor": SHIPPED["anchor"], "normalize": "none"}
     with pytest.raises(ValueError, match="model.anchor"):
-        create_model("gru", input_dim=D, context_length=L, anchor="mean")
+        create_model("gru", input_dim=D, context_length=L, **{**SHIPPED, "anchor": "mean"})
     with pytest.raises(ValueError, match="train.normalize"):
-        create_model("gru", input_dim=D, context_length=L, normalize="minmax")
+        create_model("gru", input_dim=D, context_length=L, **{**SHIPPED, "normalize": "minmax"})
     with pytest.raises(ValueError, match="model.hidden_dim"):
-        create_model("gru", input_dim=D, context_length=L, hidden_dim=0)
+        create_model("gru", input_dim=D, context_length=L, **{**SHIPPED, "hidden_dim": 0})
     with pytest.raises(ValueError, match="model.dropout"):
-        create_model("amn", input_dim=D, context_length=L, dropout=1.5)
+        create_model("amn", input_dim=D, context_length=L, **{**SHIPPED, "dropout": 1.5})
     with pytest.raises(ValueError, match="model.transformer_heads"):
-        create_model("transformer", input_dim=D, context_length=L, hidden_dim=30, transformer_heads=4)
+        create_model("transformer", input_dim=D, context_length=L,
+                     **{**SHIPPED, "hidden_dim": 30, "transformer_heads": 4})
     with pytest.raises(ValueError, match="model.memory_slots"):
-        create_model("memory_gru", input_dim=D, context_length=L, memory_slots=True)
+        create_model("memory_gru", input_dim=D, context_length=L, **{**SHIPPED, "memory_slots": True})
     with pytest.raises(ValueError, match="data.context_length"):
-        create_model("lstm", input_dim=D, context_length=0)
+        create_model("lstm", input_dim=D, context_length=0, **SHIPPED)
 
 
 def test_model_params_cover_defaults():
@@ -147,14 +150,32 @@ def test_model_params_cover_defaults():
         assert "dropout" in keys and "anchor" in keys
     # every model.* key of params is read by some model, and every key a model reads is one of params.yaml's
     assert set().union(*MODEL_PARAMS.values()) == set(SCHEMA["model"])
-    shipped = repository_params()["model"]
     for name, keys in MODEL_PARAMS.items():
         # the constructors have no defaults of their own: the one place is params.yaml
         signature = inspect.signature(_REGISTRY[name].__init__).parameters
         assert all(signature[k].default is inspect.Parameter.empty for k in keys), name
-        # a model built without params takes exactly params.yaml's values
-        config = create_model(name, input_dim=D, context_length=L).config
-        assert {k: config[k] for k in keys} == {k: shipped[k] for k in keys}, name
+        # a model built from the section takes exactly its values, and config_keys is what it keeps
+        config = create_model(name, input_dim=D, context_length=L, **SHIPPED).config
+        assert {k: config[k] for k in keys} == {k: SHIPPED[k] for k in keys}, name
+        assert set(config) == config_keys(name), name
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_missing_key_is_an_error_naming_it(name):
+    # create_model fills in nothing (it once read the checkout's params.yaml for a missing key)
+    for key in MODEL_PARAMS[name]:
+        given = {k: v for k, v in SHIPPED.items() if k != key}
+        with pytest.raises(ValueError, match=rf"^model\.{key}: missing \({name} reads "):
+            create_model(name, input_dim=D, context_length=L, **given)
+    # several missing: each named; a key only other models read may be left out
+    other = next(k for k in SCHEMA["model"] if k not in MODEL_PARAMS[name])
+    first, last = MODEL_PARAMS[name][0], MODEL_PARAMS[name][-1]
+    with pytest.raises(ValueError, match=rf"^model\.{first}, model\.{last}: missing"):
+        create_model(name, input_dim=D, context_length=L,
+                     **{k: v for k, v in SHIPPED.items() if k not in (first, last)})
+    create_model(name, input_dim=D, context_length=L, **{k: v for k, v in SHIPPED.items() if k != other})
+    with pytest.raises(TypeError, match="normalize"):  # train.normalize too has no default
+        create_model(name, input_dim=D, context_length=L, **repository_params()["model"])
 
 
 @pytest.mark.parametrize("length", [50, 200])

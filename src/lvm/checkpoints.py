@@ -156,7 +156,7 @@ def check_identity(path, config: dict, expect_name=None, expect_dim=None, expect
 
 def build_model(ckpt: dict, path, expect_name=None, expect_dim=None, expect_context=None, data=None):
     """Rebuild the checkpoint's model on CPU: config and state_dict checked against this version's code."""
-    from lvm.models import MODEL_NAMES, create_model
+    from lvm.models import MODEL_NAMES, config_keys, create_model
 
     name, cfg = ckpt["model_name"], dict(ckpt["model_config"])
     if cfg.get("name") != name:
@@ -164,16 +164,17 @@ def build_model(ckpt: dict, path, expect_name=None, expect_dim=None, expect_cont
     if name not in MODEL_NAMES:
         raise LvmError(f"{path}: unknown model {name!r} (this version has {', '.join(MODEL_NAMES)})")
     check_identity(path, cfg, expect_name, expect_dim, expect_context, data)
-    try:
-        model = create_model(**cfg)
-    except (TypeError, ValueError) as e:
-        raise LvmError(f"{path}: its model config cannot be rebuilt ({e}); {RETRAIN}") from None
-    missing, extra = sorted(set(model.config) - set(cfg)), sorted(set(cfg) - set(model.config))
+    # checked before the rebuild, which would refuse a missing key without saying why it is missing
+    missing, extra = sorted(config_keys(name) - set(cfg)), sorted(set(cfg) - config_keys(name))
     if missing or extra:  # e.g. no 'anchor'/'normalize': written before they existed
         raise LvmError(f"{path}: written by another lvm version (model config "
                        + "; ".join(s for s in (missing and f"lacks {', '.join(missing)}",
                                                 extra and f"has unknown {', '.join(extra)}") if s)
                        + f"); {RETRAIN}")
+    try:
+        model = create_model(**cfg)
+    except (TypeError, ValueError) as e:
+        raise LvmError(f"{path}: its model config cannot be rebuilt ({e}); {RETRAIN}") from None
     load_weights(model, ckpt["state_dict"], path)
     return model
 

@@ -7,15 +7,15 @@ stage so `dvc exp run -S section.key=value` reruns exactly the stages that read 
 Values live in one place, params.yaml (with a comment per key). This module holds only what a key
 may be: SCHEMA gives each key's type or its allowed values, `_validate` the ranges and the checks
 across keys. A key missing from the file is an error naming it (DVC reads the same file and would
-otherwise track a value nobody wrote down). Code that builds a model or a run outside a stage
-(tests, benchmarks, `python -m lvm.models`) starts from `repository_params()`, the repository's own
-params.yaml. The models take no defaults of their own: `create_model` checks their keys with
-`check_model`, which is also what validates the model section here and a checkpoint's model config.
+otherwise track a value nobody wrote down). Nothing here reads a params file on its own: the caller
+names it (`--params`, default ./params.yaml), and code outside a stage (tests, benchmarks) loads the
+checkout's params.yaml itself. The models take no defaults of their own: `create_model` takes every
+key from its caller and checks them with `check_model`, which is also what validates the model
+section here and a checkpoint's model config.
 """
 from __future__ import annotations
 
 import copy
-import functools
 from pathlib import Path
 
 import yaml
@@ -23,9 +23,6 @@ import yaml
 from lvm import LvmError
 
 PARAMS_FILE = "params.yaml"
-# the repository's own params.yaml (src/lvm/config.py -> the checkout's root; the package is
-# installed editable, `pip install -e .`)
-REPOSITORY_PARAMS = Path(__file__).resolve().parents[2] / PARAMS_FILE
 # sections an experiment's overrides may change (the ones its train stage reads)
 OVERRIDABLE = ("model", "train")
 
@@ -56,6 +53,11 @@ SCHEMA: dict = {
     # stage trains with instead of the shared ones (`for_experiment`); checked by `_check_overrides`
     "overrides": dict,
 }
+
+# ingest.source values besides `default` and a *.xml(.bz2) dump's path (lvm.sources reads them):
+# one of these, `combined` (all of them) or several joined by `+` (brown+shakespeare)
+CORPUS_SOURCES = ("wikipedia", "linux-doc", "python-doc", "brown", "shakespeare")
+
 
 def _fail(key: str, msg: str):
     raise LvmError(f"params: {key}: {msg}")
@@ -291,6 +293,16 @@ def _validate(p: dict) -> dict:
     for key in ("batch_size", "max_words"):
         if p["ingest"][key] < 1:
             _fail(f"ingest.{key}", f"must be >= 1, got {p['ingest'][key]}")
+    source = p["ingest"]["source"]
+    if source not in ("default", "combined") and not source.endswith((".xml", ".xml.bz2", ".bz2")):
+        names = source.split("+")
+        unknown = [name for name in names if name not in CORPUS_SOURCES]
+        if unknown:
+            _fail("ingest.source", f"unknown source {unknown[0]!r} (choose default, combined, one of "
+                  f"{', '.join(CORPUS_SOURCES)}, several joined by + such as brown+shakespeare, or the path "
+                  "of a MediaWiki *.xml.bz2 dump)")
+        if len(set(names)) < len(names):
+            _fail("ingest.source", f"{source!r} names a source twice")
     if p["ingest"]["max_articles"] < 0:
         _fail("ingest.max_articles", f"must be >= 0 (0 = all), got {p['ingest']['max_articles']}")
     if p["evaluate"]["ridge_k"] < 1 or p["evaluate"]["ridge_k"] > L:
@@ -330,13 +342,3 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
                       f"{pipeline_file}: {', '.join(known)})")
     return p
 
-
-@functools.cache
-def _repository_params() -> dict:
-    return load_params(REPOSITORY_PARAMS)
-
-
-def repository_params() -> dict:
-    """The repository's own params.yaml, validated (a fresh copy each call): where code outside a
-    stage (tests, benchmarks, `python -m lvm.models`) takes the values it does not set itself."""
-    return copy.deepcopy(_repository_params())

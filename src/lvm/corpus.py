@@ -123,6 +123,33 @@ def chunk_text(text: str, max_words: int = 15, min_words: int = 3) -> list[str]:
     return chunks
 
 
+def build_chunks(source, max_words: int, min_words: int, max_articles: int = 0):
+    """(titles, texts, article_indices, chunk_indices) of the wikitext dump `source`: every article
+    with at least one chunk, in the dump's order."""
+    pages = ((title, clean_wikitext(wikitext))
+             for title, wikitext in progress_bar(iter_pages(source), desc="parse", unit=" pages"))
+    return chunk_documents(pages, max_words, min_words, max_articles)
+
+
+def chunk_documents(documents, max_words: int, min_words: int, max_articles: int = 0):
+    """(titles, texts, article_indices, chunk_indices) of (title, clean text) pairs: each document one
+    article, its chunks in reading order; documents without a chunk are skipped; at most
+    `max_articles` articles (0 = all)."""
+    titles, texts, articles, chunks = [], [], [], []
+    for title, text in documents:
+        pieces = chunk_text(text, max_words, min_words)
+        if not pieces:
+            continue
+        article_id = len(titles)
+        titles.append(title)
+        texts.extend(pieces)
+        articles.extend([article_id] * len(pieces))
+        chunks.extend(range(len(pieces)))
+        if max_articles and len(titles) >= max_articles:
+            break
+    return titles, texts, np.array(articles, np.int32), np.array(chunks, np.int32)
+
+
 ENCODERS = {"minilm": 384, "mpnet": 768}
 
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import zipfile
 import zlib
 from datetime import datetime, timezone
@@ -43,28 +44,25 @@ def atomic_outputs():
         yield
         return
     pending: list[tuple[Path, Path]] = []
-    blocked = None
     token = _PENDING.set(pending)
     try:
         yield
         _PENDING.reset(token)
         token = None
         total = len(pending)
-        # SIGTERM/SIGINT/SIGHUP wait until every rename is done (then act as usual): a signal between
-        # two renames would leave new and old outputs mixed
-        blocked = _block_signals()
-        while pending:
-            tmp, dest = pending[0]
-            try:
-                os.replace(tmp, dest)
-            except OSError as e:
-                raise LvmError(f"{dest}: could not move the new file into place ({e.strerror or e}) after "
-                               f"{total - len(pending)} of {total} outputs were replaced; rerun the stage "
-                               "(later stages refuse the mixture)") from None
-            pending.pop(0)
+        # SIGTERM/SIGINT wait until every rename is done (then act as usual): a signal between two
+        # renames would leave new and old outputs mixed
+        with no_signals():
+            while pending:
+                tmp, dest = pending[0]
+                try:
+                    os.replace(tmp, dest)
+                except OSError as e:
+                    raise LvmError(f"{dest}: could not move the new file into place ({e.strerror or e}) after "
+                                   f"{total - len(pending)} of {total} outputs were replaced; rerun the stage "
+                                   "(later stages refuse the mixture)") from None
+                pending.pop(0)
     finally:
-        if blocked is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if token is not None:
             _PENDING.reset(token)
         for tmp, _ in pending:  # failed: the old outputs stay, no temp is left behind
@@ -72,15 +70,27 @@ def atomic_outputs():
                 os.unlink(tmp)
 
 
-_DEFERRED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-def _block_signals():
-    """The previous signal mask, with _DEFERRED_SIGNALS blocked from now on (None off the main thread
-    or where the platform has no signal masks)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+@contextlib.contextmanager
+def no_signals():
+    """Hold SIGINT/SIGTERM until the block is done, then deliver the first one to the handler that was
+    in place. A Python-level handler, not pthread_sigmask: the kernel hands a process's signal to any
+    thread that does not block it (torch's OpenMP workers do not), and Python then runs the handler in
+    the main thread wherever it is, so masking the main thread alone held nothing (a stranded
+    models/<exp>/.last.pt.*.tmp in 2 of 2 interrupted runs; a SIGTERM between evaluate's renames left
+    new and old outputs mixed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():  # (None: a handler set outside Python; the default then)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def remove_stale_temps(path: str | os.PathLike) -> None:

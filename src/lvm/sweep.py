@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from lvm import LvmError
 from lvm.entry import stage
 
@@ -82,7 +84,7 @@ def collect(show: list, min_target_position: int | None = None) -> dict:
         train = {path[len("metrics/train_"):-len(".json")]: (m or {}).get("data") or {}
                  for path, m in (data.get("metrics") or {}).items()
                  if path.startswith("metrics/train_") and path.endswith(".json")}
-        found.append({"name": name, "L": int(L), "P": int(P), "evaluate": _predictors_only(ev), "train": train,
+        found.append({"name": name, "rev": rev.get("rev"), "L": int(L), "P": int(P), "evaluate": _predictors_only(ev), "train": train,
                       "timestamp": data.get("timestamp") or "", "params": params})
     if not found:
         raise LvmError("exp show JSON: no experiment with metrics/evaluate.json; run the sweep first")
@@ -163,6 +165,7 @@ def table(sweep: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(
                 f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" + ("" if one else f" vs {base}") for base, d, lo, hi in cells) + " |")
         lines.append("")
+    lines += same_model_table(sweep.get("same_model") or {})
     threads = {(r["L"], exp): m["threads"] for r in runs for exp, m in r["train"].items() if m.get("threads")}
     if len(set(threads.values())) > 1:  # each train stage records the count it resolved
         usual = max(set(threads.values()), key=list(threads.values()).count)
@@ -187,6 +190,72 @@ def paired_rows(runs: list[dict], models: list[str]) -> dict:
         out[name] = [(c["cosine_baseline"], c["cosine_diff"], c["cosine_diff_ci_low"], c["cosine_diff_ci_high"])
                      for c in cells]
     return out
+
+
+def context_pairs(Ls: list[int], reference: int = 20) -> list[tuple[int, int]]:
+    """(L, L') pairs to compare: each L with the next one, and the largest L <= 100 with `reference`
+    (the experiments' question: does 100 vectors of context beat 20?)."""
+    pairs = list(zip(Ls, Ls[1:]))
+    top = max([L for L in Ls if L <= 100], default=None)
+    if reference in Ls and top is not None and top > reference and (reference, top) not in pairs:
+        pairs.append((reference, top))
+    return pairs
+
+
+def same_model_rows(runs: list[dict], models: list[str], cfg: dict, read=None) -> dict:
+    """{(L, L'): {model: {cosine_diff, ci_low, ci_high, mdd}}}: each model at L' minus itself at L on the
+    same test targets (every L scores the same windows), paired by article from the runs'
+    metrics/per_article.json (evaluate writes it; lvm.crossval.read_per_article reads it from a run's
+    commit). {} when a run has none (sweeps recorded before the file existed)."""
+    from lvm.crossval import read_per_article
+    from lvm.metrics import group_sums_ci
+
+    read = read or read_per_article
+    per = {}
+    for r in runs:
+        pa = read(r["rev"]) if r.get("rev") else None
+        if pa is None:
+            return {}
+        per[r["L"]] = pa["test"]
+    out = {}
+    for a, b in context_pairs(sorted(per)):
+        if per[a]["articles"] != per[b]["articles"] or per[a]["windows"] != per[b]["windows"]:
+            raise LvmError(f"exp show JSON: the runs at L={a} and L={b} scored other test windows")
+        sizes = np.asarray(per[a]["windows"])
+        out[(a, b)] = {}
+        for name in models:
+            diff = np.asarray(per[b]["sums"][name]["cosine"]) - np.asarray(per[a]["sums"][name]["cosine"])
+            lo, hi = group_sums_ci(diff, sizes, n_boot=cfg["n_boot"], seed=0)
+            out[(a, b)][name] = {"cosine_diff": round(float(diff.sum() / sizes.sum()), 6),
+                                 "ci_low": None if lo is None else round(lo, 6), "ci_high": None if hi is None else round(hi, 6),
+                                 "mdd": None if lo is None else round((hi - lo) / 2, 6)}
+    return out
+
+
+def same_model_table(rows: dict) -> list[str]:
+    from lvm.metrics import interval_verdict
+
+    if not rows:
+        return []
+    pairs = list(rows)
+    models = list(rows[pairs[0]])
+    lines = ["| test cosine, the model at L' minus itself at L (same targets), paired 95% interval by article | "
+             + " | ".join(f"{b} − {a}" for a, b in pairs) + " |", "|---|" + "---:|" * len(pairs)]
+    for name in models:
+        lines.append(f"| {name} | " + " | ".join(
+            f"{c['cosine_diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" if c["ci_low"] is not None
+            else f"{c['cosine_diff']:+.4f}" for c in (rows[p][name] for p in pairs)) + " |")
+    verdicts = []
+    for a, b in pairs:
+        parts = []
+        for name in models:
+            c = rows[(a, b)][name]
+            word = {"beats": f"L={b} beats L={a}", "loses": f"L={b} loses to L={a}",
+                    "no significant difference": "no significant difference"}.get(
+                interval_verdict(c["ci_low"], c["ci_high"]), "no interval")
+            parts.append(f"{name} {word}" + ("" if c["mdd"] is None else f" (MDD {c['mdd']:.4f})"))
+        verdicts.append(f"L={b} vs L={a}: " + "; ".join(parts) + ".")
+    return lines + [""] + verdicts + ["", "MDD = minimum detectable difference, half the paired interval's width.", ""]
 
 
 def _context_axis(ax, Ls: list[int], title: str) -> None:
@@ -253,6 +322,9 @@ def run(in_json: str = IN_JSON, out_figure: str = OUT_FIGURE, out_md: str = OUT_
     if not isinstance(show, list):
         raise LvmError(f"{path}: expected the list that `dvc exp show --json` prints")
     sweep = collect(show, min_target_position)
+    from lvm.config import load_params
+
+    sweep["same_model"] = same_model_rows(sweep["runs"], predictors(sweep["runs"])[1], load_params()["evaluate"])
     figure(sweep, out_figure)
     text = table(sweep)
     write_text(out_md, text)

@@ -1,14 +1,13 @@
 """One training loop for every model: resume, validation, early stopping, DVCLive curves, and the
 outputs (best.pt, final.pt, metrics/train_<experiment>.json, dvclive/<experiment>) published together.
 
-    metrics = run(params, "gru", "baseline", "data/ctx100")   # what `python -m lvm.stages.train` runs
+    metrics = run(params, "gru", "baseline", "data/ctx100", "models", "metrics", "dvclive")  # the train stage
 
 Runs data-parallel (DistributedDataParallel) when started by torchrun: every rank trains on its
 share of the same global batches and rank 0 writes the outputs.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ from lvm.checkpoints import RESUME_FIX, resume_checkpoint, save_checkpoint, unti
 from lvm.data import WindowDataset, check_same_export, should_mmap
 from lvm.distributed import all_sum, dist_env, init_distributed
 from lvm.hardware import autocast, resolve_device, resolve_precision
-from lvm.io import atomic_outputs, log_run, remove_stale_temps, replace_dir, write_json
+from lvm.io import atomic_outputs, log_run, no_signals, remove_stale_temps, replace_dir, write_json
 from lvm.losses import compute_loss, target_ids
 from lvm.models import MODEL_NAMES, count_parameters, create_model
 from lvm.models.base import fit_normalizer
@@ -56,11 +55,44 @@ def run(p: dict, model_name: str, experiment: str, data_dir: str, models_dir: st
     if world > 1:
         device = init_distributed(device, local_rank)
     try:
-        return _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, live_dir,
-                      progress, device, rank, world, local_procs)
+        return _train(TrainJob(params=p, train=cfg, model_name=model_name, experiment=experiment,
+                               data_dir=data_dir, models_dir=models_dir, metrics_dir=metrics_dir,
+                               live_dir=live_dir, show_progress=progress, device=device, rank=rank, world=world,
+                               local_procs=local_procs))
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run: what it trains, with which params, where its files go, and where it runs."""
+    params: dict  # the experiment's validated params (its model section builds the model)
+    train: dict  # params["train"], train.precision resolved for the device
+    model_name: str
+    experiment: str
+    data_dir: str  # train.npz, val.npz
+    models_dir: str  # checkpoints in <models_dir>/<experiment>/
+    metrics_dir: str
+    live_dir: str
+    show_progress: bool  # a progress bar, when stderr is a terminal
+    device: torch.device
+    rank: int = 0  # under torchrun: this process's rank among `world`
+    world: int = 1
+    local_procs: int = 1  # processes on this node (they share its cores and its RAM)
+
+    @property
+    def main(self) -> bool:
+        """Only rank 0 logs, prints, writes checkpoints and metrics."""
+        return self.rank == 0
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.models_dir) / self.experiment
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
 
 
 @dataclass
@@ -78,52 +110,43 @@ class Progress:
     stale: int = 0  # epochs since the best one
 
 
-def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, live_dir, show_progress,
-           device, rank, world, local_procs) -> dict:
-    main = rank == 0  # only rank 0 logs, prints, writes checkpoints and metrics
+def _train(job: TrainJob) -> dict:
+    """The run, in the order it happens: data, model, optimiser, resume, DDP, EMA, curves; then per
+    epoch train, validate, keep the best, save last.pt; then publish best.pt, final.pt, the metrics and
+    the curves together. Ctrl-C or SIGTERM at any point leaves the previous run's outputs in place."""
+    cfg, experiment = job.train, job.experiment
     set_seed(cfg["seed"])
-    train_ds, val_ds = load_splits(data_dir, cfg, local_procs)
-    model = new_model(model_name, p["model"], cfg, train_ds).to(device)
-    all_targets = cfg["targets"] == "all"
-    # distinct train targets, and how many each window contributes to the loss
-    unique_targets = len(train_ds.restrided(1))
-    per_window = train_ds.context_length - cfg["min_context"] + 1 if all_targets else 1
-    if cfg["precision"] == "bf16" and cfg["bf16_contexts"] and model.BF16_CONTEXTS:
-        # autocast rounds the model's context inputs to bf16 anyway; a bf16 table halves the bytes gathered
-        train_ds = train_ds.with_context_dtype(torch.bfloat16)
+    train_ds, val_ds = load_splits(job.data_dir, cfg, job.local_procs)
+    model = new_model(job.model_name, job.params["model"], cfg, train_ds).to(job.device)
+    unique_targets, per_window = count_targets(train_ds, cfg)
+    train_ds = with_bf16_contexts(train_ds, model, cfg)
     n_params = count_parameters(model)
-    if rank:  # same initial weights on every rank (seeded above); distinct dropout draws
-        torch.manual_seed(cfg["seed"] + 1000003 * rank)
-    opt = make_optimizer(model, cfg, device)
+    seed_dropout(cfg["seed"], job.rank)
+    opt = make_optimizer(model, cfg, job.device)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["lr_factor"], patience=cfg["lr_patience"])
-    out = Path(models_dir) / experiment
-    last_path = out / "last.pt"
-    state, ckpt = resume_or_start(cfg, last_path, model, train_ds, opt, sched, rank)
-    if state.epoch and main:
-        print(f"{experiment}: resuming {model_name} after epoch {state.epoch} from {last_path}")
-    ddp = wrap_ddp(model, device, world, state.epoch, last_path)
+    state, ckpt = resume_or_start(cfg, job.last_path, model, train_ds, opt, sched, job.rank)
+    if state.epoch and job.main:
+        print(f"{experiment}: resuming {job.model_name} after epoch {state.epoch} from {job.last_path}")
+    ddp = wrap_ddp(model, job.device, job.world, state.epoch, job.last_path)
     ema = make_ema(model, cfg["ema"], ckpt)
     scored = ema.module if ema is not None else model  # what is validated and saved
-    live, live_tmp = start_curves(live_dir, experiment, state.history) if main else (None, None)
-    if main:
-        print(f"{experiment}: {model_name}, {n_params:,} params, {len(train_ds)} train / {len(val_ds)} val "
-              f"windows, L={train_ds.context_length}, D={train_ds.dim}, {device}, {cfg['precision']}, "
-              f"loss {cfg['loss']}" + (f", {world} processes (DDP)" if world > 1 else "")
-              + (", vectors memory-mapped" if train_ds.vectors is None else ""))
+    live, live_tmp = start_curves(job.live_dir, experiment, state.history) if job.main else (None, None)
+    if job.main:
+        print_start(job, n_params, train_ds, val_ds)
     epoch, saved_epoch, published = state.epoch, state.epoch, False  # saved_epoch: what last.pt holds
     restore = catch_termination()
     try:  # (inside: a failure here too must leave no temp curves behind)
         # val cosine before any training: for an anchored model exactly its anchor baseline's, so the
         # history says when (and whether) training got past the baseline it starts from
         start_cos = (state.history[0]["start_val_cosine"] if state.history
-                     else validate(scored, val_ds, cfg, device, rank, world)["cosine"])
+                     else validate(scored, val_ds, cfg, job.device, job.rank, job.world)["cosine"])
         for epoch in range(state.epoch, cfg["epochs"]):
-            bar = show_progress and main and sys.stderr.isatty()  # no \r frames in logs
-            total, n, seconds = train_epoch(model, ddp, opt, ema, train_ds, cfg, epoch, device, rank, world,
-                                            experiment, bar)
+            bar = job.show_progress and job.main and sys.stderr.isatty()  # no \r frames in logs
+            total, n, seconds = train_epoch(model, ddp, opt, ema, train_ds, cfg, epoch, job.device, job.rank,
+                                            job.world, experiment, bar)
             state.train_seconds += seconds
             state.seen += n
-            val = validate(scored, val_ds, cfg, device, rank, world)
+            val = validate(scored, val_ds, cfg, job.device, job.rank, job.world)
             sched.step(val["loss"])
             row = {"epoch": epoch + 1, "train_loss": total / n, "val_loss": val["loss"],
                    "val_cosine": val["cosine"], "lr": opt.param_groups[0]["lr"], "seconds": seconds,
@@ -134,50 +157,39 @@ def _train(p, cfg, model_name, experiment, data_dir, models_dir, metrics_dir, li
                                f"lower train.lr ({cfg['lr']}) or check the vectors for extreme values")
             improved = track_best(state, row)
             state.epoch = epoch + 1
-            if not main:
-                continue
-            if improved:
-                state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
-                state.best_row = row
-            log_row(live, row)
-            print(f"{experiment} epoch {epoch + 1:3d}/{cfg['epochs']}: train {row['train_loss']:.5f}  "
-                  f"val {val['loss']:.5f}  val cos {val['cosine']:.4f}  lr {row['lr']:.1e}  "
-                  f"{n / seconds:.0f} seq/s  {row['target_passes']:.1f} passes{'  *best' if improved else ''}")
-            # signals held during the write: a Ctrl-C between mkstemp and atomic_path's cleanup stranded a
-            # models/<exp>/.last.pt.*.tmp once; held, it lands right after, with last.pt whole
-            with no_signals():
-                save_last(last_path, model, opt, sched, ema, state)
-                saved_epoch = state.epoch
+            if job.main:
+                if improved:
+                    keep_best_weights(state, scored, row)
+                log_row(live, row)
+                print_epoch(job, row, n / seconds, improved)
+                # signals held during the write: a Ctrl-C between mkstemp and atomic_path's cleanup stranded
+                # a models/<exp>/.last.pt.*.tmp once; held, it lands right after, with last.pt whole
+                with no_signals():
+                    save_last(job.last_path, model, opt, sched, ema, state)
+                    saved_epoch = state.epoch
+            # every rank stops together (the val figures are all-reduced, so they agree): a rank that went
+            # on alone waited in the next epoch's all-reduce for a rank 0 that had finished
             if cfg["patience"] and state.stale >= cfg["patience"]:
-                print(f"{experiment}: no val gain for {state.stale} epochs (train.patience); "
-                      f"stopping after epoch {epoch + 1}")
+                if job.main:
+                    print(f"{experiment}: no val gain for {state.stale} epochs (train.patience); "
+                          f"stopping after epoch {epoch + 1}")
                 break
-        metrics = run_metrics(model_name, n_params, model, train_ds, val_ds, cfg, state, unique_targets,
-                              per_window, start_cos, device, world)
+        metrics = run_metrics(job.model_name, n_params, model, train_ds, val_ds, cfg, state, unique_targets,
+                              per_window, start_cos, job.device, job.world)
         timings = run_timings(state, start_cos)
-        if main:
-            live.end()
-            # DVCLive's own summary of the last step: metrics/train_<experiment>.json is the run's summary
-            # (of its best epoch), and the stage publishes only the curves dvc.yaml declares
-            (live_tmp / "metrics.json").unlink(missing_ok=True)
+        if job.main:
+            finish_curves(live, live_tmp)
             with no_signals():  # a Ctrl-C now would leave half the renames done
-                # best.pt, final.pt and the metrics of this run replace the old ones together, then the curves
-                with atomic_outputs():
-                    save_checkpoint(out / "best.pt", model, state.best["epoch"], untimed(state.best_row),
-                                    state_dict=state.best_state if state.best_state is not None else model.state_dict())
-                    save_checkpoint(out / "final.pt", scored, len(state.history),
-                                    untimed(state.history[-1] if state.history else {}))
-                    write_json(Path(metrics_dir) / f"train_{experiment}.json", metrics)
-                replace_dir(live_tmp, Path(live_dir) / experiment)
+                publish(job, live_tmp, model, scored, state, metrics)
                 published = True
-            log_run(f"train_{experiment}", {"model": model_name, "epochs": len(state.history), **timings,
-                                            "device": str(device), "processes": world})
+            log_run(f"train_{experiment}", {"model": job.model_name, "epochs": len(state.history), **timings,
+                                            "device": str(job.device), "processes": job.world})
         return {**metrics, "timings": timings}
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (catch_termination)
         signum = getattr(e, "signum", signal.SIGINT)
-        if main:
+        if job.main:
             print(f"\n{experiment}: interrupted ({signal.Signals(signum).name}) "
-                  + interrupted_note(published, epoch, saved_epoch, last_path), flush=True)
+                  + interrupted_note(published, epoch, saved_epoch, job.last_path), flush=True)
         raise SystemExit(128 + signum) from None
     finally:
         restore()
@@ -226,6 +238,27 @@ def fit_anchor_decay(train: WindowDataset, batch_size: int = 256) -> float:
     for _, ctx, tgt in train.restrided(1).batches(batch_size):
         baseline.partial_fit(ctx.numpy(), tgt.numpy())
     return float(baseline.finalize().decay)
+
+
+def count_targets(train_ds: WindowDataset, cfg: dict) -> tuple[int, int]:
+    """(distinct train targets, targets each window contributes to the loss): what the passes over the
+    train targets are counted in."""
+    per_window = train_ds.context_length - cfg["min_context"] + 1 if cfg["targets"] == "all" else 1
+    return len(train_ds.restrided(1)), per_window
+
+
+def with_bf16_contexts(train_ds: WindowDataset, model, cfg: dict) -> WindowDataset:
+    """Under bf16 autocast (train.bf16_contexts) the model rounds its context inputs to bf16 anyway: a
+    bf16 table of the vectors halves the bytes gathered per batch."""
+    if cfg["precision"] == "bf16" and cfg["bf16_contexts"] and model.BF16_CONTEXTS:
+        return train_ds.with_context_dtype(torch.bfloat16)
+    return train_ds
+
+
+def seed_dropout(seed: int, rank: int) -> None:
+    """Every rank built the same initial weights (seeded alike); from here each draws its own dropout."""
+    if rank:
+        torch.manual_seed(seed + 1000003 * rank)
 
 
 def resume_or_start(cfg: dict, last_path: Path, model, train_ds, opt, sched, rank: int) -> tuple[Progress, dict]:
@@ -296,6 +329,14 @@ def start_curves(live_dir, experiment: str, history: list):
     for row in history:
         log_row(live, row)
     return live, live_tmp
+
+
+def print_start(job: TrainJob, n_params: int, train_ds: WindowDataset, val_ds: WindowDataset) -> None:
+    cfg = job.train
+    print(f"{job.experiment}: {job.model_name}, {n_params:,} params, {len(train_ds)} train / {len(val_ds)} val "
+          f"windows, L={train_ds.context_length}, D={train_ds.dim}, {job.device}, {cfg['precision']}, "
+          f"loss {cfg['loss']}" + (f", {job.world} processes (DDP)" if job.world > 1 else "")
+          + (", vectors memory-mapped" if train_ds.vectors is None else ""))
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -427,6 +468,12 @@ def track_best(state: Progress, row: dict) -> bool:
     return improved
 
 
+def keep_best_weights(state: Progress, scored, row: dict) -> None:
+    """A CPU copy of this epoch's weights: best.pt is written from it when the run ends."""
+    state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
+    state.best_row = row
+
+
 def save_last(last_path: Path, model, opt, sched, ema, state: Progress) -> None:
     """last.pt: everything a resumed run needs to go on exactly as this one would have."""
     extra = {"ema": ema.state_dict()} if ema is not None else {}
@@ -440,6 +487,12 @@ def log_row(live, row: dict) -> None:
     for key in ("train_loss", "val_loss", "val_cosine", "lr"):
         live.log_metric(key.replace("_", "/", 1) if key != "lr" else "lr", row[key])
     live.next_step()
+
+
+def print_epoch(job: TrainJob, row: dict, seq_per_s: float, improved: bool) -> None:
+    print(f"{job.experiment} epoch {row['epoch']:3d}/{job.train['epochs']}: train {row['train_loss']:.5f}  "
+          f"val {row['val_loss']:.5f}  val cos {row['val_cosine']:.4f}  lr {row['lr']:.1e}  "
+          f"{seq_per_s:.0f} seq/s  {row['target_passes']:.1f} passes{'  *best' if improved else ''}")
 
 
 def run_metrics(model_name, n_params, model, train_ds, val_ds, cfg, state: Progress, unique_targets: int,
@@ -483,6 +536,25 @@ def run_timings(state: Progress, start_cos: float) -> dict:
     }
 
 
+def finish_curves(live, live_tmp: Path) -> None:
+    """Close DVCLive and drop its own summary of the last step: metrics/train_<experiment>.json is the
+    run's summary (of its best epoch), and the stage publishes only the curves dvc.yaml declares."""
+    live.end()
+    (live_tmp / "metrics.json").unlink(missing_ok=True)
+
+
+def publish(job: TrainJob, live_tmp: Path, model, scored, state: Progress, metrics: dict) -> None:
+    """best.pt, final.pt and the metrics of this run replace the old ones together, then the curves
+    (the caller holds Ctrl-C meanwhile: half the renames done would mix two runs)."""
+    with atomic_outputs():
+        save_checkpoint(job.out_dir / "best.pt", model, state.best["epoch"], untimed(state.best_row),
+                        state_dict=state.best_state if state.best_state is not None else model.state_dict())
+        save_checkpoint(job.out_dir / "final.pt", scored, len(state.history),
+                        untimed(state.history[-1] if state.history else {}))
+        write_json(Path(job.metrics_dir) / f"train_{job.experiment}.json", metrics)
+    replace_dir(live_tmp, Path(job.live_dir) / job.experiment)
+
+
 # --- interruption --------------------------------------------------------------------------------
 
 def interrupted_note(published: bool, epoch: int, saved_epoch: int, last_path: Path) -> str:
@@ -513,25 +585,3 @@ def catch_termination():
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def no_signals():
-    """Hold SIGINT/SIGTERM until the block is done, then deliver the first one to the handler that was
-    in place. A Python-level handler, not pthread_sigmask: the kernel hands a process's signal to any
-    thread that does not block it (torch's OpenMP workers do not), and Python then runs the handler in
-    the main thread wherever it is, so masking the main thread alone held nothing (a stranded
-    models/<exp>/.last.pt.*.tmp in 2 of 2 interrupted runs)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():  # (None: a handler set outside Python; the default then)
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        if held:
-            signal.raise_signal(held[0])

@@ -1,6 +1,7 @@
 """Latent vector models: read the previous L concept vectors [B, L, D], predict the next one [B, D].
 
-    model = create_model(name, input_dim=D, context_length=L, **params["model"])
+    model = create_model(name, input_dim=D, context_length=L, normalize=params["train"]["normalize"],
+                         **params["model"])          # every key the model reads must be given
     pred = model(context)                        # [B, D], L2-normalised, float32
     pred, raw = model(context, return_raw=True)  # raw: the un-normalised output (for MSE)
     create_model(**model.config)                 # rebuilds the same architecture from a checkpoint
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from lvm.config import SCHEMA, check_model, repository_params
+from lvm.config import SCHEMA, check_model
 
 from .amn import AMNModel
 from .base import LatentVectorModel
@@ -30,21 +31,29 @@ MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 # model name -> the `model.*` keys of params.yaml it reads (what its DVC stage must declare)
 MODEL_PARAMS: dict[str, tuple[str, ...]] = {name: cls.PARAMS for name, cls in _REGISTRY.items()}
 
-def create_model(name: str, input_dim: int, context_length: int, normalize: str = "none",
+
+def config_keys(name: str) -> set[str]:
+    """The keys of a `name` model's `model.config`: what a checkpoint must hold to rebuild it."""
+    return {"name", "input_dim", "context_length", "normalize", *MODEL_PARAMS[name]}
+
+def create_model(name: str, input_dim: int, context_length: int, normalize: str,
                  **model_params) -> LatentVectorModel:
     """Build model `name`. `model_params` is the flat `model:` section of params.yaml: keys this
-    model does not read are ignored; missing keys take their value in the repository's params.yaml
-    (`lvm.config.repository_params`; the stages pass every key), and every value is checked by
-    `lvm.config.check_model` (ValueError naming the key; the models take no defaults). `normalize`
-    (train.normalize) reserves the normalised space; its statistics come from training
-    (`set_normalizer`) or the checkpoint's state_dict. With `model.anchor` the head's last layer
-    starts at zero, so the fresh model predicts exactly its anchor baseline."""
+    model does not read are ignored; a key it reads that is missing is a ValueError naming it
+    (the caller passes the whole section, a checkpoint its `model.config`: nothing is filled in from
+    a file behind the caller's back). Every value is checked by `lvm.config.check_model` (ValueError
+    naming the key; the models take no defaults). `normalize` (train.normalize) reserves the
+    normalised space; its statistics come from training (`set_normalizer`) or the checkpoint's
+    state_dict. With `model.anchor` the head's last layer starts at zero, so the fresh model predicts
+    exactly its anchor baseline."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     cls = _REGISTRY[name]
-    missing = [k for k in cls.PARAMS if k not in model_params]
-    shipped = repository_params()["model"] if missing else {}
-    used = check_model({k: model_params[k] if k in model_params else shipped[k] for k in cls.PARAMS})
+    missing = [key for key in cls.PARAMS if key not in model_params]
+    if missing:
+        raise ValueError(f"{', '.join(f'model.{key}' for key in missing)}: missing ({name} reads "
+                         f"{', '.join(cls.PARAMS)}; pass params.yaml's whole model section)")
+    used = check_model({key: model_params[key] for key in cls.PARAMS})
     if normalize not in SCHEMA["train"]["normalize"]:
         raise ValueError(f"train.normalize: must be one of {', '.join(SCHEMA['train']['normalize'])}; "
                          f"got {normalize!r}")
@@ -59,4 +68,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODEL_NAMES", "MODEL_PARAMS", "LatentVectorModel", "create_model", "count_parameters"]
+__all__ = ["MODEL_NAMES", "MODEL_PARAMS", "LatentVectorModel", "config_keys", "create_model", "count_parameters"]

@@ -1,4 +1,4 @@
-"""The train_* stages: one model trained (lvm.training does the work), its outputs under the folders
+r"""The train_* stages: one model trained (lvm.training does the work), its outputs under the folders
 the command names: <models>/<experiment>/best.pt and final.pt, <metrics>/train_<experiment>.json and
 the DVCLive curves in <live>/<experiment>.
 
@@ -17,41 +17,42 @@ runs data-parallel (DistributedDataParallel); it can also be started by torchrun
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from lvm.config import for_experiment, load_params
+from lvm.config import for_experiment
 from lvm.data import WindowDataset
-from lvm.entry import stage
+from lvm.entry import stage_main
 from lvm.models import MODEL_NAMES
-from lvm.training import run
+from lvm.training import run as train
 
 
-@stage
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
-    parser.add_argument("--experiment", help="the outputs' name under --models, --metrics, --live (default: model)")
-    parser.add_argument("--data", required=True, metavar="DIR",
-                        help="the exported windows (train.npz, val.npz): dvc.yaml's ${windows}")
-    parser.add_argument("--models", required=True, metavar="DIR", help="checkpoints go to DIR/<experiment>/")
-    parser.add_argument("--metrics", required=True, metavar="DIR", help="the run's metrics: DIR/train_<experiment>.json")
-    parser.add_argument("--live", required=True, metavar="DIR", help="DVCLive curves: DIR/<experiment>/")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    experiment = args.experiment or args.model
-    p = for_experiment(load_params(args.params), experiment)
+def run(params: dict, model_name: str, experiment: str | None, data_dir: str, models_dir: str,
+        metrics_dir: str, live_dir: str, no_progress: bool, argv: list[str]) -> None:
+    """Train `model_name` as `experiment` (default: the model's name) with that experiment's params;
+    with train.nproc > 1 and not yet under torchrun, relaunch this command (`argv`) through it."""
+    experiment = experiment or model_name
+    p = for_experiment(params, experiment)
     nproc = p["train"]["nproc"]
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: relaunch through it
         for split in ("train", "val"):  # bad input fails here with one error line, before any launch
-            WindowDataset(Path(args.data) / f"{split}.npz", mmap=True)
-        sys.exit(launch(nproc, p["train"]["threads"], sys.argv[1:] if argv is None else argv))
-    run(p, args.model, experiment, data_dir=args.data, models_dir=args.models, metrics_dir=args.metrics,
-        live_dir=args.live, progress=not args.no_progress)
+            WindowDataset(Path(data_dir) / f"{split}.npz", mmap=True)
+        sys.exit(launch(nproc, p["train"]["threads"], argv))
+    train(p, model_name, experiment, data_dir=data_dir, models_dir=models_dir, metrics_dir=metrics_dir,
+          live_dir=live_dir, progress=not no_progress)
+
+
+main = stage_main(run, __doc__, data="data_dir", argv_to="argv", paths={
+    "--models": "models_dir",    # checkpoints go to DIR/<experiment>/
+    "--metrics": "metrics_dir",  # the run's metrics: DIR/train_<experiment>.json
+    "--live": "live_dir",        # DVCLive curves: DIR/<experiment>/
+}, options={
+    "--model": {"dest": "model_name", "required": True, "choices": MODEL_NAMES},
+    "--experiment": {"help": "the outputs' name under --models, --metrics, --live (default: the model's)"},
+    "--no-progress": {"action": "store_true", "help": "no progress bar (there is none off a terminal anyway)"},
+})
 
 
 def launch(nproc: int, threads: int, argv: list[str]) -> int:
