@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from lvm import LvmError
-from lvm.config import CORPUS_SOURCES, repository_params, validate
+from lvm.config import CORPUS_SOURCES, validate
 from lvm.sources import (COMBINED_ORDER, SOURCES, brown_to_text, build_source, gutenberg_to_text, strip_gutenberg,
                          strip_rst)
 
-from conftest import merge
+from conftest import merge, repository_params
 
 RST = """\
 .. _cgroup-v2:
