@@ -170,3 +170,23 @@ def test_headline_is_declared_first_and_is_the_committed_evaluate_json_s(tmp_pat
     models = [name for name in json.loads(committed.read_text()) if name != "best_baseline"]
     write_json(tmp_path / "headline.json", evaluation.headline(json.loads((REPO / full).read_text()), models))
     assert (tmp_path / "headline.json").read_bytes() == committed.read_bytes()
+
+
+def leaf_count(tree) -> int:
+    """Values of a JSON tree: what `dvc exp show` makes one column each (a list or empty dict: one)."""
+    if isinstance(tree, dict) and tree:
+        return sum(leaf_count(v) for v in tree.values())
+    return 1
+
+
+def test_readme_and_pipeline_doc_give_the_committed_evaluate_json_s_column_count():
+    stated = [re.search(r"~([\d,]+) columns of `metrics/evaluate.json`", (REPO / "README.md").read_text()),
+              re.search(r"`metrics/evaluate.json` keeps every figure .*?~([\d,]+) columns in `dvc exp show`",
+                        (REPO / "docs" / "pipeline.md").read_text(), flags=re.S)]
+    assert all(stated), "the README or docs/pipeline.md no longer states the column count"
+    figures = {int(m.group(1).replace(",", "")) for m in stated}
+    columns = leaf_count(json.loads((REPO / "metrics" / "evaluate.json").read_text()))
+    assert len(figures) == 1, f"the README and docs/pipeline.md disagree: {figures}"
+    # "~N": the count rounded, so a metric more or less needs no edit; a new predictor does
+    assert abs(figures.pop() / columns - 1) < 0.05, f"metrics/evaluate.json has {columns} values"
+    assert leaf_count({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == 3
