@@ -112,11 +112,6 @@ def test_the_checker_catches_a_planted_missing_path(files):
 
 # --- the README's Layout block --------------------------------------------------------------------
 
-# Modules the Layout names before they are in this branch (the lead's scoring library, landing with
-# its merge): remove each one here once its file exists.
-UPCOMING = {"evaluation.py", "report.py", "crossval.py"}
-
-
 def layout_block(readme: str) -> str:
     section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```\n(.*?)```", section, flags=re.S).group(1)
@@ -143,9 +138,8 @@ def test_readme_layout_lists_every_module_and_only_modules_that_exist():
     listed = layout_modules(block)
     # (an empty __init__.py only marks a package)
     modules = {str(p.relative_to(REPO)) for p in (REPO / "src" / "lvm").rglob("*.py") if p.stat().st_size}
-    upcoming = {f"src/lvm/{name}" for name in UPCOMING}
     assert sorted(modules - listed) == [], "modules the README's Layout does not list"
-    assert sorted(listed - modules - upcoming) == [], "the README's Layout lists modules that do not exist"
+    assert sorted(listed - modules) == [], "the README's Layout lists modules that do not exist"
     for folder in ("src/lvm/", "models/", "stages/", "bench/", "tests/", "docs/"):
         assert folder in block, folder
 
