@@ -21,6 +21,8 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 # written by the pipeline, a run or DVC, never committed
 GENERATED_DIRS = ("data", "models", "logs", "dvc_plots", ".venv", ".dvc/cache", ".dvc/tmp")
+# local inputs a command records and git ignores (one clone's `dvc exp show --json`, several MB)
+LOCAL_FILES = ("metrics/crossval_runs.json",)
 GENERATED_SUFFIXES = (".pt", ".npz", ".jsonl")
 PLACEHOLDER = re.compile(r"[<>$]|\bNAME\b|\.\.\.")
 
@@ -49,7 +51,7 @@ def named_paths(text: str, top_level: set[str]) -> set[str]:
             first = token.split("/", 1)[0]
             if first not in top_level or ("/" not in token and "." not in token):
                 continue
-            if any(token == g or token.startswith(g + "/") for g in GENERATED_DIRS) or PLACEHOLDER.search(token):
+            if any(token == g or token.startswith(g + "/") for g in GENERATED_DIRS) or token in LOCAL_FILES or PLACEHOLDER.search(token):
                 continue
             for path in expand(token):
                 if not path.rstrip("/").endswith(GENERATED_SUFFIXES):

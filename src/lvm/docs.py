@@ -46,6 +46,7 @@ SECTIONS: dict[str, list[tuple[str, str | StageOutput | tuple[str, ...], str]]] 
         ("models", ("-m", "lvm.models", "--dim", "768", "--context", "100"), "the model code"),
     ],
     "docs/experiments.md": [
+        ("crossval", "metrics/crossval.md", "python -m lvm.crossval"),
         ("ablation", "metrics/ablation_section.md", "python -m lvm.ablation"),
         ("analysis", StageOutput("analyze", "--report"), "dvc repro analyze"),
         ("sweep", "metrics/context_sweep.md", "python -m lvm.sweep"),
