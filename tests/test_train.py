@@ -271,3 +271,14 @@ def test_optimizer_is_fused_on_cuda_only():
     if torch.cuda.is_available():
         gpu = make_optimizer(torch.nn.Linear(3, 3).cuda(), cfg, torch.device("cuda"))
         assert gpu.defaults["fused"] is True
+
+
+def test_a_killed_runs_curve_folder_is_removed_by_the_next_run(tmp_path, data_dir):
+    # DVCLive writes into dvclive/.<exp>.<random>.tmp until the run publishes; a SIGKILL leaves it behind
+    stale = tmp_path / "live" / ".exp.k1ll3d.tmp"
+    (stale / "plots").mkdir(parents=True)
+    other = tmp_path / "live" / ".other.k1ll3d.tmp"  # another experiment's: not this run's to remove
+    other.mkdir()
+    run(tiny_params(epochs=1), "gru", "exp", data_dir=str(data_dir), models_dir=str(tmp_path / "models"),
+        metrics_dir=str(tmp_path / "metrics"), live_dir=str(tmp_path / "live"), progress=False)
+    assert not stale.exists() and other.exists() and (tmp_path / "live" / "exp").is_dir()
