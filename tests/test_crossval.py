@@ -81,7 +81,9 @@ def show_json(runs: list[dict], params_of=lambda r: {"export": {"folds": r["fold
                 {"executor": {"state": "success"},
                  "revs": [{"rev": r["rev"], "name": r["name"],
                            "data": {"params": {"params.yaml": {"data": params_of(r)}}, "timestamp": r["timestamp"],
-                                    "metrics": {crossval.METADATA: {"data": r["metadata"]}}}}]} for r in runs]}]
+                                    "metrics": {crossval.METADATA: {"data": r["metadata"]}},
+                                    "deps": {"data/corpus/vectors.npz": {"hash": r.get("vectors_md5"), "size": 1}}}}]}
+                 for r in runs]}]
 
 
 def test_collect_needs_every_fold_once_and_disjoint_test_articles():
@@ -114,6 +116,15 @@ def test_collect_needs_every_fold_once_and_disjoint_test_articles():
     cv = crossval.collect(show_json([r0b, r0, r1], params_of=lambda r: {
         "export": {"folds": 2, "fold": r["fold"]}, "train": {"lr": 1.0 if r["name"] == "odd" else 2.0}}), read=files.get)
     assert any("odd: other params" in s and "train.lr" in s for s in cv["skipped"])
+    # the same params on another vectors file (a re-ingest on another CPU kind): not pooled either
+    with_vectors = lambda r: {"export": {"folds": 2, "fold": r["fold"]}, "data": {"vectors": "data/corpus/vectors.npz"}}
+    r1["vectors_md5"], r0["vectors_md5"] = "a" * 32, "b" * 32
+    cv = crossval.collect(show_json([r0, r1], params_of=with_vectors), read=files.get, partial=True)
+    assert [r["fold"] for r in cv["runs"]] == [1] and cv["missing"] == [0]
+    assert any(s.startswith(f"{r0['name']}: other vectors") and "bbbbbbbb vs aaaaaaaa" in s for s in cv["skipped"])
+    r0["vectors_md5"] = "a" * 32
+    cv = crossval.collect(show_json([r0, r1], params_of=with_vectors), read=files.get)
+    assert [r["vectors_md5"] for r in cv["runs"]] == ["a" * 32] * 2
 
 
 def test_the_committed_crossval_tests_every_long_enough_article_at_most_once():
@@ -162,3 +173,22 @@ def test_sweep_pairs_each_model_with_itself_at_another_context_length():
     files["L50"] = fold_run(0, [3, 5, 9], counts, rng)[0]["per_article"]
     with pytest.raises(LvmError, match="L=20 and L=50 scored other test windows"):
         sweep.same_model_rows(runs, ["gru"], CFG, read=files.get)
+
+
+def test_a_recorded_exp_show_that_is_missing_or_not_a_list_is_refused_by_name(tmp_path):
+    """lvm.sweep and lvm.crossval read the recorded `dvc exp show --json` through one loader."""
+    from lvm.io import read_exp_show
+    from lvm import sweep
+
+    path = tmp_path / "runs.json"
+    for run in (crossval.run, sweep.run):
+        with pytest.raises(LvmError, match=f"{path}: not found; record it with `dvc exp show --json -A"):
+            run(str(path))
+    path.write_text("{not json")
+    with pytest.raises(LvmError, match=f"{path}: not valid JSON"):
+        read_exp_show(path)
+    path.write_text('{"a": 1}')
+    with pytest.raises(LvmError, match=f"{path}: expected the list"):
+        read_exp_show(path)
+    path.write_text("[]")
+    assert read_exp_show(path) == []

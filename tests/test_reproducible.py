@@ -129,7 +129,9 @@ def test_ingest_rerun_is_byte_identical(tmp_path, small_wiki):
         assert r.returncode == 0, r.stderr
         runs.append(digests(tmp_path, ["data/corpus/vectors.npz", "data/corpus/stats.json"]))
     assert None not in runs[0].values() and runs[0] == runs[1]
-    assert "ingest: seconds_parse" in r.stderr
+    # the timings went to the one stderr line of log_run (never into the outputs compared above)
+    timing = [line for line in r.stderr.splitlines() if line.startswith("ingest: source ")]
+    assert len(timing) == 1 and "seconds_parse " in timing[0] and "seconds_encode " in timing[0], r.stderr[-2000:]
 
 
 def _export_repo(root: Path) -> Path:

@@ -211,6 +211,21 @@ def write_text(path, text: str) -> None:
         tmp.write_text(text)
 
 
+def read_exp_show(path) -> list:
+    """A recorded `dvc exp show --json` (the input of lvm.sweep and lvm.crossval): its list of
+    workspace/branch entries, or an LvmError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LvmError(f"{path}: not found; record it with `dvc exp show --json -A > {path}`")
+    try:
+        show = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LvmError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(show, list):
+        raise LvmError(f"{path}: expected the list that `dvc exp show --json` prints")
+    return show
+
+
 def save_npz(path, compress: bool = False, **arrays) -> None:
     """Write arrays to `path` atomically. Large arrays may be passed as (shape, dtype, chunks)
     generators via `StreamedArray` so they are streamed into the zip without a full copy."""

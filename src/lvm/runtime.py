@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -74,3 +77,45 @@ def tune_malloc() -> bool:
         ok = False
     _MALLOC_TUNED = ok
     return ok
+
+
+class Clock:
+    """Where a stage's wall time goes (logs/<stage>.jsonl, docs/performance.md's budget): seconds per
+    phase of this process (a phase inside another, e.g. the first validation inside train's "setup",
+    counted in both). `seconds_startup`: from the process's start to the Clock (interpreter, imports;
+    psutil's process start time); `share_train_steps`: train steps over startup + run."""
+
+    def __init__(self):
+        self.t0, self.seconds, self.open = time.perf_counter(), defaultdict(float), {}
+
+    def start(self, phase: str) -> None:
+        self.open[phase] = time.perf_counter()
+
+    def stop(self, phase: str) -> None:
+        self.seconds[phase] += time.perf_counter() - self.open.pop(phase)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] += seconds
+
+    @contextmanager
+    def __call__(self, phase: str):
+        self.start(phase)
+        try:
+            yield
+        finally:
+            self.stop(phase)
+
+    def summary(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        out = {f"seconds_{k}": round(v, 2) for k, v in sorted(self.seconds.items())}
+        out["seconds_run"] = round(wall, 2)
+        startup = 0.0
+        try:
+            import psutil
+            startup = max(0.0, time.time() - wall - psutil.Process().create_time())
+            out["seconds_startup"] = round(startup, 2)
+        except (ImportError, OSError):
+            pass
+        if "train_steps" in self.seconds:
+            out["share_train_steps"] = round(self.seconds["train_steps"] / (wall + startup), 3)
+        return out

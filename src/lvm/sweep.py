@@ -310,17 +310,9 @@ def figure(sweep: dict, path) -> None:
 
 def run(in_json: str = IN_JSON, out_figure: str = OUT_FIGURE, out_md: str = OUT_MD,
         min_target_position: int | None = None) -> dict:
-    from lvm.io import write_text
+    from lvm.io import read_exp_show, write_text
 
-    path = Path(in_json)
-    if not path.is_file():
-        raise LvmError(f"{path}: not found; record it with `dvc exp show --json > {path}`")
-    try:
-        show = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LvmError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(show, list):
-        raise LvmError(f"{path}: expected the list that `dvc exp show --json` prints")
+    show = read_exp_show(in_json)
     sweep = collect(show, min_target_position)
     from lvm.config import load_params
 

@@ -33,7 +33,7 @@ from lvm.io import atomic_outputs, log_run, no_signals, remove_stale_temps, repl
 from lvm.losses import compute_loss, target_ids
 from lvm.models import MODEL_NAMES, count_parameters, create_model
 from lvm.models.base import fit_normalizer
-from lvm.runtime import set_seed, set_threads
+from lvm.runtime import Clock, set_seed, set_threads
 
 
 def run(p: dict, model_name: str, experiment: str, data_dir: str, models_dir: str, metrics_dir: str,
@@ -115,6 +115,8 @@ def _train(job: TrainJob) -> dict:
     epoch train, validate, keep the best, save last.pt; then publish best.pt, final.pt, the metrics and
     the curves together. Ctrl-C or SIGTERM at any point leaves the previous run's outputs in place."""
     cfg, experiment = job.train, job.experiment
+    clock = Clock()
+    clock.start("setup")
     set_seed(cfg["seed"])
     train_ds, val_ds = load_splits(job.data_dir, cfg, job.local_procs)
     model = new_model(job.model_name, job.params["model"], cfg, train_ds).to(job.device)
@@ -138,15 +140,19 @@ def _train(job: TrainJob) -> dict:
     try:  # (inside: a failure here too must leave no temp curves behind)
         # val cosine before any training: for an anchored model exactly its anchor baseline's, so the
         # history says when (and whether) training got past the baseline it starts from
-        start_cos = (state.history[0]["start_val_cosine"] if state.history
-                     else validate(scored, val_ds, cfg, job.device, job.rank, job.world)["cosine"])
+        with clock("validate"):
+            start_cos = (state.history[0]["start_val_cosine"] if state.history
+                         else validate(scored, val_ds, cfg, job.device, job.rank, job.world)["cosine"])
+        clock.stop("setup")
         for epoch in range(state.epoch, cfg["epochs"]):
             bar = job.show_progress and job.main and sys.stderr.isatty()  # no \r frames in logs
             total, n, seconds = train_epoch(model, ddp, opt, ema, train_ds, cfg, epoch, job.device, job.rank,
                                             job.world, experiment, bar)
             state.train_seconds += seconds
+            clock.add("train_steps", seconds)
             state.seen += n
-            val = validate(scored, val_ds, cfg, job.device, job.rank, job.world)
+            with clock("validate"):
+                val = validate(scored, val_ds, cfg, job.device, job.rank, job.world)
             sched.step(val["loss"])
             row = {"epoch": epoch + 1, "train_loss": total / n, "val_loss": val["loss"],
                    "val_cosine": val["cosine"], "lr": opt.param_groups[0]["lr"], "seconds": seconds,
@@ -159,12 +165,14 @@ def _train(job: TrainJob) -> dict:
             state.epoch = epoch + 1
             if job.main:
                 if improved:
-                    keep_best_weights(state, scored, row)
-                log_row(live, row)
+                    with clock("checkpoint"):
+                        keep_best_weights(state, scored, row)
+                with clock("curves"):
+                    log_row(live, row)
                 print_epoch(job, row, n / seconds, improved)
                 # signals held during the write: a Ctrl-C between mkstemp and atomic_path's cleanup stranded
                 # a models/<exp>/.last.pt.*.tmp once; held, it lands right after, with last.pt whole
-                with no_signals():
+                with no_signals(), clock("checkpoint"):
                     save_last(job.last_path, model, opt, sched, ema, state)
                     saved_epoch = state.epoch
             # every rank stops together (the val figures are all-reduced, so they agree): a rank that went
@@ -174,14 +182,17 @@ def _train(job: TrainJob) -> dict:
                     print(f"{experiment}: no val gain for {state.stale} epochs (train.patience); "
                           f"stopping after epoch {epoch + 1}")
                 break
+        clock.start("publish")
         metrics = run_metrics(job.model_name, n_params, model, train_ds, val_ds, cfg, state, unique_targets,
                               per_window, start_cos, job.device, job.world)
-        timings = run_timings(state, start_cos)
         if job.main:
             finish_curves(live, live_tmp)
             with no_signals():  # a Ctrl-C now would leave half the renames done
                 publish(job, live_tmp, model, scored, state, metrics)
                 published = True
+        clock.stop("publish")
+        timings = {**run_timings(state, start_cos), **clock.summary()}
+        if job.main:
             log_run(f"train_{experiment}", {"model": job.model_name, "epochs": len(state.history), **timings,
                                             "device": str(job.device), "processes": job.world})
         return {**metrics, "timings": timings}

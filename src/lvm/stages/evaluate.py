@@ -14,7 +14,6 @@ stage reads, calls and writes.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from lvm.hardware import resolve_device, resolve_precision
 from lvm.io import NpzReader, atomic_outputs, log_run, write_json, write_text
 from lvm.pipeline import experiments as pipeline_experiments, labels
 from lvm.report import fmt, fmt_ci, fmt_diff, results_table
-from lvm.runtime import set_threads
+from lvm.runtime import Clock, set_threads
 
 
 def check_corpus_dim(p: dict, test: WindowDataset) -> None:
@@ -58,6 +57,8 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
     cfg = p["evaluate"]
     experiments = pipeline_experiments() if experiments is None else experiments
     label = labels(experiments)  # experiment -> the name it is reported under
+    clock = Clock()
+    clock.start("load")
     set_threads(p["train"]["threads"])
     device = resolve_device(p["train"]["device"])
     precision = resolve_precision(p["train"]["precision"], device)
@@ -77,11 +78,15 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
             raise LvmError(f"{path}: missing; run `dvc repro train_{experiment}`")
         # it must hold this experiment's model, trained on vectors of this D and windows of this L
         models[label[experiment]] = load_model(path, expect_name=model_name, data=datasets["test"], device=device)
-    baselines = fit_baselines(cfg, datasets["train"])
+    clock.stop("load")
+    with clock("fit_baselines"):
+        baselines = fit_baselines(cfg, datasets["train"])
     predictors = baseline_predictors(baselines, cfg)
     predictors.update({name: model_predictor(m, cfg, device, precision) for name, m in models.items()})
     splits = eval_splits({s: datasets[s] for s in EVAL_SPLITS})
-    scores = score_all(predictors, splits, cfg)
+    with clock("score"):
+        scores = score_all(predictors, splits, cfg)
+    clock.start("compare")
     best = choose_best_baseline(scores, list(baselines))
     print(f"best baseline on val: cosine {best['cosine']}, candidate MRR {best['mrr']}")
     compare_to_best(scores, best, splits, cfg)
@@ -89,6 +94,7 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
     if reference in models:
         compare_models(scores, reference, list(models), splits, cfg)
     results = summaries(scores)
+    clock.stop("compare")
     for name in predictors:
         t = results[name]["test"]
         v = t["vs_best_baseline"]
@@ -98,19 +104,22 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
               f"dir {t['directional_mean']:+.4f}")
     out = {"best_baseline": best, **results}
 
-    t0 = time.perf_counter()
+    clock.start("context_curve")
     grid = curve_grid(cfg["curve_k"], datasets["test"].context_length)
     # every point on the same sample of the test windows (evaluate.sample_stride): a descriptive figure,
     # whose cost is one more pass over those windows per k and predictor
     min_context = {"ridge": cfg["ridge_k"]} if "ridge" in baselines else {}
     curve = context_curve(predictors, datasets["test"].every(cfg["sample_stride"]), grid, cfg, min_context)
-    curve_seconds = time.perf_counter() - t0
+    clock.stop("context_curve")
+    curve_seconds = clock.seconds["context_curve"]
     print(f"context curve: k in {grid} for {len(predictors)} predictors on {curve['n_windows']} test windows "
           f"in {curve_seconds:.1f} s (skipped: {curve['skipped']})")
     curve_files = (Path(out_curve).as_posix(), (Path(plots_dir) / EVALUATE_FIGURES["context_curve"]).as_posix())
     table = results_table(results, list(baselines), list(models), best, curve=curve, curve_files=curve_files,
                           warnings=warnings)
-    sample = sample_markdown(p, datasets["test"], models, device) if out_sample else None
+    with clock("sample"):
+        sample = sample_markdown(p, datasets["test"], models, device) if out_sample else None
+    clock.start("write")
     # every declared output in one group: a failure or a signal before the end leaves the old set whole
     with atomic_outputs():
         write_json(out_json, out)
@@ -123,9 +132,9 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
         if out_per_article:
             write_json(out_per_article, {"split_id": datasets["test"].split_id, "best_baseline": best,
                                          "reference_model": reference, "test": per_article(scores, splits, "test")})
-    # the curve's cost changes on every run: logged (logs/evaluate.jsonl), not written into results.md
-    log_run("evaluate", {"seconds_context_curve": round(curve_seconds, 1), "predictors": len(predictors),
-                         "curve_windows": curve["n_windows"]})
+    clock.stop("write")
+    # timings change on every run: logged (logs/evaluate.jsonl), never written into results.md
+    log_run("evaluate", {**clock.summary(), "predictors": len(predictors), "curve_windows": curve["n_windows"]})
     return out
 
 
