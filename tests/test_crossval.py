@@ -82,7 +82,9 @@ def show_json(runs: list[dict], params_of=lambda r: {"export": {"folds": r["fold
                  "revs": [{"rev": r["rev"], "name": r["name"],
                            "data": {"params": {"params.yaml": {"data": params_of(r)}}, "timestamp": r["timestamp"],
                                     "metrics": {crossval.METADATA: {"data": r["metadata"]}},
-                                    "deps": {"data/corpus/vectors.npz": {"hash": r.get("vectors_md5"), "size": 1}}}}]}
+                                    "deps": {"data/corpus/vectors.npz": {"hash": r.get("vectors_md5"), "size": 1},
+                                             **{f: {"hash": h, "size": 1} for f, h in r.get("code", {}).items()},
+                                             "data/ctx100/train.npz": {"hash": r["rev"], "size": 1}}}}]}
                  for r in runs]}]
 
 
@@ -125,6 +127,11 @@ def test_collect_needs_every_fold_once_and_disjoint_test_articles():
     r0["vectors_md5"] = "a" * 32
     cv = crossval.collect(show_json([r0, r1], params_of=with_vectors), read=files.get)
     assert [r["vectors_md5"] for r in cv["runs"]] == ["a" * 32] * 2
+    # ... and on other code (a source file among the stages' deps changed between the folds)
+    r0["code"], r1["code"] = {"src/lvm/training.py": "1" * 32}, {"src/lvm/training.py": "2" * 32}
+    cv = crossval.collect(show_json([r0, r1], params_of=with_vectors), read=files.get, partial=True)
+    assert [r["fold"] for r in cv["runs"]] == [1]
+    assert any(s.startswith(f"{r0['name']}: other code") and "src/lvm/training.py" in s for s in cv["skipped"])
 
 
 def test_the_committed_crossval_tests_every_long_enough_article_at_most_once():

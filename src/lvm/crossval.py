@@ -65,6 +65,13 @@ def vectors_md5(data: dict, params: dict) -> str | None:
     return dep.get("hash") if isinstance(dep, dict) else None
 
 
+def code_md5(data: dict) -> dict:
+    """{path: md5} of the run's source files among its stages' deps (src/...): folds trained by other
+    code are other experiments, even with the same params."""
+    return {path: dep.get("hash") for path, dep in sorted((data.get("deps") or {}).items())
+            if path.startswith("src/") and isinstance(dep, dict)}
+
+
 def read_per_article(rev: str, path: str = PER_ARTICLE) -> dict | None:
     """The file as committed in `rev` (an experiment's commit holds its git-tracked outputs), or None."""
     r = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
@@ -95,7 +102,7 @@ def collect(show: list, read=read_per_article, recorded: list[dict] | None = Non
                 meta = _get(data, "metrics", METADATA, "data") or {}
                 found.append({"name": name, "rev": rev["rev"], "folds": int(folds), "fold": int(fold),
                               "params": params, "per_article": per_article, "metadata": meta,
-                              "vectors_md5": vectors_md5(data, params),
+                              "vectors_md5": vectors_md5(data, params), "code_md5": code_md5(data),
                               "timestamp": data.get("timestamp") or ""})
     found = list({r["rev"]: r for r in found}.values())  # a recorded run that exp show also lists: once
     if not found:
@@ -115,6 +122,13 @@ def collect(show: list, read=read_per_article, recorded: list[dict] | None = Non
             skipped.append(f"{r['name']}: other vectors than the newest fold run (md5 {str(r.get('vectors_md5'))[:8]} "
                            f"vs {str(newest.get('vectors_md5'))[:8]}: folds pool only on one vectors file; "
                            "an ingest on another CPU kind encodes other bits, docs/experiments.md)")
+            continue
+        if r.get("code_md5") != newest.get("code_md5"):
+            new, old = newest.get("code_md5") or {}, r.get("code_md5") or {}
+            changed = sorted(f for f in set(new) | set(old) if new.get(f) != old.get(f))
+            skipped.append(f"{r['name']}: other code than the newest fold run ("
+                           + (", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "") if old
+                              else "recorded without its source hashes") + ")")
             continue
         if r["fold"] in by_fold:
             skipped.append(f"{by_fold[r['fold']]['name']}: older run of fold {r['fold']} (kept {r['name']})")
@@ -360,7 +374,7 @@ def run(in_json: str = IN_JSON, out_json: str = OUT_JSON, out_md: str = OUT_MD, 
     text = table(a)
     with atomic_outputs():
         write_json(folds_json, {"runs": [{k: r.get(k) for k in ("name", "rev", "folds", "fold", "params", "per_article",
-                                                                 "metadata", "vectors_md5", "timestamp")}
+                                                                 "metadata", "vectors_md5", "code_md5", "timestamp")}
                                          for r in cv["runs"]]})
         write_json(out_json, a)
         write_text(out_md, text)
