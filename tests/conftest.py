@@ -44,7 +44,10 @@ SIMPLE_TRAINING = {
     "export": {"val_stride": 0},
     "model": {"anchor": "none"},
     "train": {"epochs": 20, "lr": 5e-4, "loss": "mse", "window_stride": 0, "max_train_windows": 0,
-              "targets": "last", "normalize": "none", "patience": 0},
+              "targets": "last", "normalize": "none", "patience": 0,
+              # validation on the exported val windows, after the whole context (what evaluate scores):
+              # the tests compare best_val_cosine with scores computed from those windows
+              "val_min_context_share": 0.0},
 }
 
 # Small, valid settings for stage runs on tiny inputs (L=10 keeps model.chunk_size and

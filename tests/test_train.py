@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import REPO_PARAMS, SIMPLE_TRAINING, merge, write_vectors
 from lvm.config import validate
@@ -60,6 +61,37 @@ def test_same_params_give_identical_metrics_and_weights(tmp_path, data_dir):
     assert [f for f in outs if (o1 / f).read_bytes() != (o2 / f).read_bytes()] == []
     m3, _ = train(tmp_path, data_dir, "c", seed=7)
     assert m3["best_val_loss"] != m1["best_val_loss"]
+
+
+def test_validation_at_a_context_share_scores_every_val_target_once_with_that_much_context(tmp_path, data_dir):
+    """train.val_min_context_share = 0.5 at L = 10: m = 5, windows at stride 6, each scored at its
+    positions with >= 5 vectors of context. Computed here from scratch, one target at a time from its
+    own context (the chunk vectors since its window's start), best_val_cosine is the mean over every
+    val target at article position >= 5 up to the last window's end."""
+    metrics, out = train(tmp_path, data_dir, "share", val_min_context_share=0.5, ema=0.0)
+    model = load_model(out / "models/exp/best.pt")
+    val = WindowDataset(data_dir / "val.npz")
+    L, m = val.context_length, 5
+    assert metrics["val_min_context"] == m
+    cosines, n_windows = [], 0
+    articles = val.article_indices
+    for a in np.unique(articles):
+        rows = np.flatnonzero(articles == a)
+        vecs = val.vectors_np[rows]
+        starts = list(range(0, len(rows) - L, L - m + 1))  # windows whose target is inside the article
+        n_windows += len(starts)
+        for q in range(m, starts[-1] + L + 1):  # every target position once
+            s = (q - m) // (L - m + 1) * (L - m + 1)
+            with torch.no_grad():
+                pred = model(torch.from_numpy(vecs[s:q][None]).float())
+            cosines.append(F.cosine_similarity(pred.float(), torch.from_numpy(vecs[q][None]).float()).item())
+    assert metrics["val_windows"] == n_windows
+    assert metrics["best_val_cosine"] == pytest.approx(float(np.mean(cosines)), abs=1e-5)
+    # the exported windows (share 0) score one target per window: another mean, other windows
+    whole, _ = train(tmp_path, data_dir, "whole", ema=0.0)
+    assert whole["val_min_context"] == 0 and whole["val_windows"] == len(val)
+    with pytest.raises(LvmError, match="train.val_min_context_share"):
+        tiny_params(val_min_context_share=1.5)
 
 
 def test_checkpoint_is_pickle_free_and_rebuilds_the_model(tmp_path, data_dir):

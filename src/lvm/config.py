@@ -47,7 +47,7 @@ SCHEMA: dict = {
               "window_stride": int, "max_train_windows": int, "resume": bool, "nproc": int,
               "mmap": ("auto", True, False), "targets": ("last", "all"), "min_context": int,
               "normalize": ("none", "center", "standard", "robust"), "patience": int, "ema": float,
-              "article_fraction": float},
+              "article_fraction": float, "val_min_context_share": float},
     "evaluate": {"n_boot": int, "ridge_k": int, "batch_size": int, "curve_k": list, "sample_stride": int},
     # experiment -> {model: {...}, train: {...}}: keys of those sections its train_<experiment>
     # stage trains with instead of the shared ones (`for_experiment`); checked by `_check_overrides`
@@ -269,6 +269,9 @@ def _validate(p: dict) -> dict:
             _fail(f"train.{key}", f"must be >= 0, got {train[key]}")
     if not 1 <= train["min_context"] <= L:
         _fail("train.min_context", f"must be between 1 and data.context_length ({L}), got {train['min_context']}")
+    if not 0.0 <= train["val_min_context_share"] <= 1.0:
+        _fail("train.val_min_context_share", "must be in [0, 1] (0 = one target per exported val window, after "
+              f"the whole context), got {train['val_min_context_share']}")
     if not 0.0 <= train["ema"] < 1.0:
         _fail("train.ema", f"must be in [0, 1) (0 = off), got {train['ema']}")
     if not 0.0 < train["article_fraction"] <= 1.0:

@@ -8,6 +8,7 @@ share of the same global batches and rank 0 writes the outputs.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -122,6 +123,7 @@ def _train(job: TrainJob) -> dict:
     model = new_model(job.model_name, job.params["model"], cfg, train_ds).to(job.device)
     unique_targets, per_window = count_targets(train_ds, cfg)
     train_ds = with_bf16_contexts(train_ds, model, cfg)
+    val_ds, val_context = val_windows(val_ds, model, cfg)
     n_params = count_parameters(model)
     seed_dropout(cfg["seed"], job.rank)
     opt = make_optimizer(model, cfg, job.device)
@@ -142,7 +144,7 @@ def _train(job: TrainJob) -> dict:
         # history says when (and whether) training got past the baseline it starts from
         with clock("validate"):
             start_cos = (state.history[0]["start_val_cosine"] if state.history
-                         else validate(scored, val_ds, cfg, job.device, job.rank, job.world)["cosine"])
+                         else validate(scored, val_ds, cfg, job.device, job.rank, job.world, val_context)["cosine"])
         clock.stop("setup")
         for epoch in range(state.epoch, cfg["epochs"]):
             bar = job.show_progress and job.main and sys.stderr.isatty()  # no \r frames in logs
@@ -152,7 +154,7 @@ def _train(job: TrainJob) -> dict:
             clock.add("train_steps", seconds)
             state.seen += n
             with clock("validate"):
-                val = validate(scored, val_ds, cfg, job.device, job.rank, job.world)
+                val = validate(scored, val_ds, cfg, job.device, job.rank, job.world, val_context)
             sched.step(val["loss"])
             row = {"epoch": epoch + 1, "train_loss": total / n, "val_loss": val["loss"],
                    "val_cosine": val["cosine"], "lr": opt.param_groups[0]["lr"], "seconds": seconds,
@@ -185,6 +187,7 @@ def _train(job: TrainJob) -> dict:
         clock.start("publish")
         metrics = run_metrics(job.model_name, n_params, model, train_ds, val_ds, cfg, state, unique_targets,
                               per_window, start_cos, job.device, job.world)
+        metrics["val_min_context"] = val_context  # what validation scored (0: after the whole context)
         if job.main:
             finish_curves(live, live_tmp)
             with no_signals():  # a Ctrl-C now would leave half the renames done
@@ -446,20 +449,48 @@ def train_epoch(model, ddp, opt, ema, train_ds: WindowDataset, cfg: dict, epoch:
     return total, n, time.perf_counter() - t0
 
 
+def val_windows(val_ds: WindowDataset, model, cfg: dict) -> tuple[WindowDataset, int]:
+    """(the val windows validation scores, min_context). With train.val_min_context_share > 0 and a
+    model that predicts at every position: m = ceil(share x L), windows at stride L - m + 1, each
+    scored at its positions with >= m vectors of context, so every val target past the first m of an
+    article is scored once, one forward per L - m + 1 targets. The exported val windows (stride
+    export.val_stride) score one target each from a fresh forward of L steps: at stride 5 and L = 100,
+    ~5x fewer targets for ~10x the forwards (docs/models.md, "Validation"). Share 0, a model that
+    predicts after the whole context only, or an export with export.min_target_position (targets before
+    it must not be scored): the exported windows, min_context 0."""
+    share, L = cfg["val_min_context_share"], val_ds.context_length
+    if not share or not model.SEQUENCE or val_ds.first_target != L:
+        return val_ds, 0
+    m = max(1, math.ceil(share * L - 1e-9))
+    restrided = val_ds.restrided(L - m + 1)
+    if len(restrided) == 0:
+        raise LvmError(f"params: train.val_min_context_share: {share} leaves no val window (every val article is "
+                       f"shorter than {L + 1} vectors); set 0")
+    return restrided, m
+
+
 @torch.no_grad()
-def validate(model, dataset, cfg, device, rank: int = 0, world: int = 1) -> dict:
-    """Mean val loss and cosine of the prediction after the whole context (what evaluate scores,
-    whatever train.targets is). Under DDP each rank scores its share of every batch and the sums are
-    all-reduced (then broadcast from rank 0), so every rank takes the same LR / best-checkpoint step."""
+def validate(model, dataset, cfg, device, rank: int = 0, world: int = 1, min_context: int = 0) -> dict:
+    """Mean val loss and cosine. min_context = 0: of the prediction after the whole context (what
+    evaluate scores, whatever train.targets is). min_context = m > 0 (val_windows): of the predictions at
+    every position with >= m vectors of context, in batches of train.batch_size windows (as many targets
+    per batch as training has, which an in-batch ranking loss depends on). Under DDP each rank scores
+    its share of every batch and the sums are all-reduced (then broadcast from rank 0), so every rank
+    takes the same LR / best-checkpoint step."""
     model.eval()
     total_loss, total_cos, n = 0.0, 0.0, 0
-    for idx, ctx, tgt in dataset.batches(max(cfg["batch_size"], 256) * world, rank=rank, world=world):
+    all_targets = min_context > 0
+    batch_size = cfg["batch_size"] if all_targets else max(cfg["batch_size"], 256)
+    for idx, ctx, tgt in dataset.batches(batch_size * world, rank=rank, world=world, all_targets=all_targets):
         if not len(tgt):
             continue
         ctx, tgt = ctx.to(device), tgt.to(device)
         with autocast(device, cfg["precision"]):
-            pred, raw = model(ctx, return_raw=True)
-        rows, articles = target_ids(dataset, idx, all_targets=False)
+            pred, raw = model(ctx, return_raw=True, all_positions=all_targets)
+        if all_targets:
+            keep = slice(min_context - 1, None)
+            pred, raw, tgt = (t[:, keep].reshape(-1, t.shape[-1]) for t in (pred, raw, tgt))
+        rows, articles = target_ids(dataset, idx, all_targets, max(min_context, 1))
         loss = compute_loss(pred, raw, tgt, cfg["loss"], cfg["infonce_tau"], cfg["infonce_weight"], rows, articles)
         total_loss += loss.item() * len(tgt)
         total_cos += F.cosine_similarity(pred.float(), tgt, dim=-1).sum().item()
