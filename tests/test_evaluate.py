@@ -236,3 +236,26 @@ def test_best_baseline_is_chosen_on_val_not_test():
                "exp_decay_mean": entry(0.35, 0.45, 0.10, 0.20), "ridge": entry(0.20, 0.60, 0.15, 0.40)}
     best = evaluation.choose_best_baseline(results, list(results))
     assert best == {"cosine": "context_mean", "mrr": "copy_last"}  # test would say ridge for both
+
+
+def test_the_curve_at_the_whole_context_reuses_the_test_scores(trained, data_dir):
+    """evaluate passes its test scores (every sample_stride-th window) as the curve's k = L point: the
+    same figures the curve computes when it predicts those windows again."""
+    from lvm.checkpoints import load_model
+    from lvm.data import WindowDataset
+    from lvm.metrics import cosine
+
+    cfg = tiny_params()["evaluate"]
+    test = WindowDataset(data_dir / "test.npz")
+    model = load_model(trained / "models" / "baseline" / "best.pt")
+    predictors = {"gru": evaluation.model_predictor(model, cfg, "cpu", "fp32")}
+    full = cosine(predictors["gru"](test), test.vectors_np[test.targets_rows()])
+    sample, grid, L = test.every(cfg["sample_stride"]), [1, test.context_length], test.context_length
+    again = evaluation.context_curve(predictors, sample, grid, cfg, {})
+    reused = evaluation.context_curve(predictors, sample, grid, cfg, {}, whole={"gru": full[::cfg["sample_stride"]]})
+    assert reused["gru"]["1"] == again["gru"]["1"]
+    for key in ("cosine_mean", "ci_low", "ci_high"):
+        assert reused["gru"][str(L)][key] == pytest.approx(again["gru"][str(L)][key], abs=2e-6)
+    # and it is used: a wrong array moves the k = L point only
+    wrong = evaluation.context_curve(predictors, sample, grid, cfg, {}, whole={"gru": full[::cfg["sample_stride"]] * 0})
+    assert wrong["gru"][str(L)]["cosine_mean"] == 0 and wrong["gru"]["1"] == again["gru"]["1"]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO_PARAMS, SIMPLE_TRAINING, merge, write_vectors
+from lvm import LvmError
 from lvm.config import validate
 from lvm.data import WindowDataset, export_windows, load_corpus
 from lvm.checkpoints import load_checkpoint, load_model, predict

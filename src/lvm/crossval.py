@@ -3,7 +3,7 @@ paired comparison over all of them.
 
     dvc exp run --queue -S export.folds=10 -S 'export.fold=0,1,2,3,4,5,6,7,8,9'
     dvc queue start -j 1                      # wait: dvc queue status (fold 0 reuses the committed run)
-    dvc exp show --json > metrics/crossval_runs.json
+    dvc exp show --json -A > metrics/crossval_runs.json
     python -m lvm.crossval                    # metrics/crossval.{json,md}, plots/crossval.png, and the record
                                               # metrics/crossval_folds.json (folds pooled so far: commit it)
     make docs                                 # shows the table in the README and docs/experiments.md
@@ -123,7 +123,7 @@ def collect(show: list, read=read_per_article, recorded: list[dict] | None = Non
                            f"vs {str(newest.get('vectors_md5'))[:8]}: folds pool only on one vectors file; "
                            "an ingest on another CPU kind encodes other bits, docs/experiments.md)")
             continue
-        if r.get("code_md5") != newest.get("code_md5"):
+        if (r.get("code_md5") or {}) != (newest.get("code_md5") or {}):
             new, old = newest.get("code_md5") or {}, r.get("code_md5") or {}
             changed = sorted(f for f in set(new) | set(old) if new.get(f) != old.get(f))
             skipped.append(f"{r['name']}: other code than the newest fold run ("

@@ -55,6 +55,9 @@ SECTIONS: dict[str, list[tuple[str, str | StageOutput | tuple[str, ...], str]]] 
         ("perf", "bench/results/throughput.md", "bench/throughput.py"),
         ("orig", "bench/results/original_interleaved.md", "bench/original_interleaved.py"),
         ("gpu", "bench/results/throughput_cuda.md", "bench/throughput.py --device cuda --out bench/results/throughput_cuda.json"),
+        ("pipeline_time_before", "bench/results/pipeline_time_before.md",
+         "bench/pipeline_time.py --out bench/results/pipeline_time_before"),
+        ("pipeline_time", "bench/results/pipeline_time.md", "bench/pipeline_time.py"),
     ],
     "docs/scaling.md": [
         ("ooc", "bench/results/out_of_core.md", "bench/out_of_core.py"),

@@ -219,11 +219,14 @@ def curve_grid(curve_k: list[int], L: int) -> list[int]:
     return sorted({int(k) for k in curve_k if k <= L} | {L})
 
 
-def context_curve(predictors: dict, ds: WindowDataset, grid: list[int], cfg: dict, min_context: dict) -> dict:
+def context_curve(predictors: dict, ds: WindowDataset, grid: list[int], cfg: dict, min_context: dict,
+                  whole: dict[str, np.ndarray] | None = None) -> dict:
     """{predictor: {str(k): {cosine_mean, ci_low, ci_high}}} on `ds` from the last k context vectors.
 
     `min_context[name]` = fewest context vectors a predictor can read (ridge: evaluate.ridge_k); it is
-    skipped below that rather than fed zero padding it never saw in fitting."""
+    skipped below that rather than fed zero padding it never saw in fitting. `whole[name]`: the
+    per-window cosines of `ds`'s windows at k = L, already scored (evaluate's test scores, every
+    sample_stride-th): the point at k = L is not predicted again (for a model, half the curve's cost)."""
     target = ds.vectors_np[ds.targets_rows()]
     articles = ds.window_articles()
     out = {"n_windows": len(ds), "n_articles": int(np.unique(articles).size), "sample_stride": cfg["sample_stride"]}
@@ -237,9 +240,12 @@ def context_curve(predictors: dict, ds: WindowDataset, grid: list[int], cfg: dic
         for k in grid:
             if k in too_short:
                 continue
-            with torch.no_grad():
-                pred = fn(truncated(ds, k))
-            cos = cosine(pred, target).astype(np.float64)
+            if k == ds.context_length and whole is not None and name in whole:
+                cos = np.asarray(whole[name], dtype=np.float64)
+            else:
+                with torch.no_grad():
+                    pred = fn(truncated(ds, k))
+                cos = cosine(pred, target).astype(np.float64)
             lo, hi = group_ci(cos, articles, n_boot=cfg["n_boot"], seed=0)
             out[name][str(k)] = {"cosine_mean": _r(cos.mean()), "ci_low": _r(lo), "ci_high": _r(hi)}
     out["skipped"] = "; ".join(skipped) if skipped else "none"

@@ -109,7 +109,8 @@ def run(p: dict, data_dir: str, models_dir: str, live_dir: str, out_json: str, o
     # every point on the same sample of the test windows (evaluate.sample_stride): a descriptive figure,
     # whose cost is one more pass over those windows per k and predictor
     min_context = {"ridge": cfg["ridge_k"]} if "ridge" in baselines else {}
-    curve = context_curve(predictors, datasets["test"].every(cfg["sample_stride"]), grid, cfg, min_context)
+    whole = {name: scores[name]["test"].per_window["cosine"][::cfg["sample_stride"]] for name in predictors}
+    curve = context_curve(predictors, datasets["test"].every(cfg["sample_stride"]), grid, cfg, min_context, whole)
     clock.stop("context_curve")
     curve_seconds = clock.seconds["context_curve"]
     print(f"context curve: k in {grid} for {len(predictors)} predictors on {curve['n_windows']} test windows "
