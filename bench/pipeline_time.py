@@ -3,10 +3,10 @@ STAGE`, in dvc.yaml's order), its wall time and peak RSS from the OS, and the ph
 itself (logs/<stage>.jsonl: train steps, validation, checkpoints, start-up; evaluate's baselines,
 scoring, curve).
 
-    python bench/pipeline_time.py                    # every stage but ingest (~35 min without native bf16)
+    python bench/pipeline_time.py                    # every stage but ingest (~18 min on 2-core AVX2, fp32)
     python bench/pipeline_time.py --stages ingest    # one stage
 
-Writes bench/results/pipeline_time.{json,md} (the table docs/performance.md copies). "dvc" is the
+Writes bench/results/pipeline_time.{json,md} (the table docs/performance.md copies). "in DVC" is the
 stage's wall time outside its own process: DVC hashing, caching and checking the outputs. Run it
 alone on the machine: every figure is one run's, on the CPU the table names.
 """

@@ -15,7 +15,6 @@ every L, and the number of test windows must be equal; otherwise it stops with a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
