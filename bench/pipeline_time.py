@@ -5,6 +5,10 @@ scoring, curve).
 
     python bench/pipeline_time.py                    # every stage but ingest (~18 min on 2-core AVX2, fp32)
     python bench/pipeline_time.py --stages ingest    # one stage
+    python bench/pipeline_time.py --set data.vectors=data/scale/vectors.npz --out bench/results/pipeline_time_scale
+
+`--set KEY=VALUE` (repeatable) changes params.yaml for the run as `dvc exp run -S KEY=VALUE` does (the
+value parsed as YAML) and puts the file back afterwards, byte for byte, also when a stage fails.
 
 Writes bench/results/pipeline_time.{json,md} (the table docs/performance.md copies). "in DVC" is the
 stage's wall time outside its own process: DVC hashing, caching and checking the outputs. Run it
@@ -93,22 +97,52 @@ def table(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def set_params(text: str, assignments: list[str]) -> str:
+    """params.yaml's text with each dotted KEY=VALUE set (the key must exist: a typo fails by name)."""
+    params = yaml.safe_load(text)
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        node, *path = params, *key.split(".")
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise SystemExit(f"error: --set {item}: params.yaml has no section {part!r}")
+            node = node[part]
+        if not sep or path[-1] not in node:
+            raise SystemExit(f"error: --set {item}: params.yaml has no key {key!r} (KEY=VALUE)")
+        node[path[-1]] = yaml.safe_load(value)
+    return yaml.safe_dump(params, sort_keys=False)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     all_stages = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
     ap.add_argument("--stages", nargs="+", default=[s for s in all_stages if s != "ingest"], choices=all_stages)
     ap.add_argument("--out", default=str(OUT), help="writes OUT.json and OUT.md")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a params.yaml value for this run only, as `dvc exp run -S` (repeatable)")
     args = ap.parse_args(argv)
+    params_file = REPO / "params.yaml"
+    original = params_file.read_bytes()
+    if args.set:
+        params_file.write_text(set_params(original.decode(), args.set))
+    try:
+        measure(args)
+    finally:
+        params_file.write_bytes(original)
+
+
+def measure(args) -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     cpu = f"{cpu_model()}, {os.cpu_count()} cores, {'native bf16' if native_bf16() else 'no native bf16 (fp32)'}"
     rows = []
     for stage in args.stages:
         rows.append(run_stage(stage))
         print(f"{stage}: {rows[-1]['wall_seconds']} s, peak RSS {rows[-1]['peak_rss_mb']} MB", flush=True)
-    header = (f"`python bench/pipeline_time.py` on {cpu}: each stage once with `dvc repro -s -f`, "
+    sets = "".join(f" --set {item}" for item in args.set)
+    header = (f"`python bench/pipeline_time.py{sets}` on {cpu}: each stage once with `dvc repro -s -f`, "
               "one run (not a median: a stage takes minutes).")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"cpu": cpu, "stages": rows}, indent=1) + "\n")
+    Path(args.out + ".json").write_text(json.dumps({"cpu": cpu, "set": args.set, "stages": rows}, indent=1) + "\n")
     Path(args.out + ".md").write_text(table(rows, header))
     print(Path(args.out + ".md").read_text())
 
