@@ -148,3 +148,57 @@ def test_unfitted_and_short_context_errors():
         B.ExpDecayMean().predict(ctx)
     with pytest.raises(ValueError):
         B.Ridge(k=5).fit([(ctx, np.ones((2, 4), np.float32))])
+
+
+def test_similar_successor_finds_the_earlier_passage_and_predicts_what_followed_it():
+    """A context that repeats: the last vector equals an earlier one at j, so the successor is j+1."""
+    rng = np.random.default_rng(7)
+    ctx = _contexts(rng, n=40, length=20)
+    j = rng.integers(0, 17, size=40)  # 0 .. L-3
+    ctx[:, -1] = ctx[np.arange(40), j]
+    succ = B.SimilarSuccessor.successor(ctx)
+    np.testing.assert_allclose(succ, ctx[np.arange(40), j + 1], atol=1e-6)
+    # j = L-2 is never chosen (its successor is the last vector): an exact copy there is skipped
+    ctx[:, -1] = ctx[:, -2]
+    best = B.SimilarSuccessor.successor(ctx)
+    assert not np.allclose(best, ctx[:, -1], atol=1e-3)
+    # a hand-computed argmax over j = 0 .. L-3
+    unit = _unit(ctx)
+    expect = unit[np.arange(40), np.argmax(np.einsum("nld,nd->nl", unit[:, :18], unit[:, -1]), 1) + 1]
+    np.testing.assert_allclose(best, expect, atol=1e-6)
+
+
+def test_similar_successor_chooses_its_blend_on_train():
+    rng = np.random.default_rng(8)
+    ctx = _contexts(rng, n=300, length=20)
+    # documents that repeat: the target is what followed the most similar earlier passage
+    j = rng.integers(0, 17, size=300)
+    ctx[:, -1] = _unit(ctx[np.arange(300), j] + 0.1 * rng.standard_normal((300, 16)))
+    repeat_target = ctx[np.arange(300), j + 1]
+    model = B.SimilarSuccessor().fit([(ctx, repeat_target)])
+    assert model.blend == 1.0
+    assert _mean_cos(model.predict(ctx), repeat_target) > 0.99
+    # nothing repeats: the target is the context mean; the blend goes to 0 and it is ExpDecayMean
+    mean_target = _unit(ctx.mean(1))
+    model = B.SimilarSuccessor().fit(_batches(ctx, mean_target, 64))
+    edm = B.ExpDecayMean().fit([(ctx, mean_target)])
+    assert model.blend == 0.0 and model.decay == edm.decay == 1.0
+    np.testing.assert_allclose(model.predict(ctx), edm.predict(ctx), atol=1e-5)
+
+
+def test_similar_successor_train_cosines_are_the_predictions_cosines():
+    """The fit scores every (decay, blend) from dot products; they must equal the real predictions'."""
+    rng = np.random.default_rng(9)
+    ctx = _contexts(rng, n=120, length=10)
+    tgt = _unit(0.5 * ctx[:, -1] + 0.5 * ctx[:, 3] + 0.4 * rng.standard_normal((120, 16)))
+    model = B.SimilarSuccessor(blends=(0.0, 0.3, 0.7, 1.0), decays=(0.5, 0.9)).fit([(ctx, tgt)])
+    for g, d in enumerate(model.decays):
+        for a, w in enumerate(model.blends):
+            fixed = B.SimilarSuccessor(blend=w, decay=d)
+            assert model._mean_cos[g, a] == pytest.approx(_mean_cos(fixed.predict(ctx), tgt), abs=1e-5)
+    with pytest.raises(RuntimeError):
+        B.SimilarSuccessor().predict(ctx)
+    with pytest.raises(ValueError):
+        B.SimilarSuccessor(blends=(1.5,))
+    short = ctx[:, -2:]  # L = 2: no earlier passage, the successor is the last vector
+    np.testing.assert_allclose(B.SimilarSuccessor.successor(short), ctx[:, -1], atol=1e-6)

@@ -46,7 +46,7 @@ def evaluate_into(root, data_dir, out=None):
                         out_headline=str(out / "metrics/headline.json"), experiments=EXPERIMENTS)
 
 
-PREDICTORS = {"copy_last", "context_mean", "exp_decay_mean", "ridge", *LABELS}
+PREDICTORS = {"copy_last", "context_mean", "exp_decay_mean", "ridge", "similar_successor", *LABELS}
 
 
 def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
@@ -58,7 +58,7 @@ def test_metrics_are_nested_predictor_split_metric(trained, data_dir, capsys):
     best = on_disk.pop("best_baseline")
     assert set(best) == {"cosine", "mrr"} and {best["cosine"], best["mrr"]} <= PREDICTORS - set(LABELS)
     # chosen on val
-    baselines = ["copy_last", "context_mean", "exp_decay_mean", "ridge"]
+    baselines = ["copy_last", "context_mean", "exp_decay_mean", "ridge", "similar_successor"]
     assert best["cosine"] == max(baselines, key=lambda b: on_disk[b]["val"]["cosine_mean"])
     assert best["mrr"] == max(baselines, key=lambda b: on_disk[b]["val"]["cand_mrr"])
     for name, splits in on_disk.items():

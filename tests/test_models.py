@@ -13,12 +13,12 @@ from lvm.models import _REGISTRY, MODEL_NAMES, MODEL_PARAMS, config_keys, count_
 D, L, B = 16, 20, 3
 # small but structurally complete: every model keeps >= 2 layers where it stacks them
 SMALL = dict(hidden_dim=32, lstm_layers=2, gru_layers=2, transformer_layers=2, transformer_heads=4,
-             transformer_ff=64, amn_hidden=32, chunk_size=5, hierarchy_layers=2, memory_slots=24,
+             transformer_ff=64, amn_hidden=32, attention_window=4, attention_stride=3, chunk_size=5, hierarchy_layers=2, hierarchy_levels=2, memory_slots=24,
              memory_layers=2, dropout=0.0, anchor="none", normalize="none")
 # params.yaml's model section, no normaliser: what create_model is given where a test sets nothing itself
 SHIPPED = {**repository_params()["model"], "normalize": "none"}
 ORIGINAL_PARAMS = dict(lstm=5.1e6, gru=7.1e6, transformer=17.9e6, amn=1.5e6, hierarchical_gru=8.6e6,
-                       memory_gru=11.3e6)
+                       memory_gru=11.3e6, sparse_transformer=17.9e6)  # (the original's Phase 3 gave no size)
 
 
 def small(name, **overrides):
@@ -143,7 +143,7 @@ def test_unused_keys_ignored_used_keys_validated():
 
 
 def test_model_params_cover_defaults():
-    assert MODEL_NAMES == ("lstm", "gru", "transformer", "amn", "hierarchical_gru", "memory_gru")
+    assert MODEL_NAMES == ("lstm", "gru", "transformer", "amn", "hierarchical_gru", "memory_gru", "sparse_transformer")
     assert MODEL_PARAMS["memory_gru"] == ("hidden_dim", "memory_slots", "memory_layers", "dropout", "anchor")
     assert "memory_slots" not in MODEL_PARAMS["gru"]
     for name, keys in MODEL_PARAMS.items():
@@ -191,6 +191,104 @@ def test_hierarchical_left_pads_a_length_that_is_not_a_multiple_of_chunk_size():
     with torch.no_grad():
         assert torch.allclose(model(x), model(padded), atol=1e-6)
         assert model(batch(length=5)).shape == (B, D)  # shorter than one chunk
+
+
+@pytest.mark.parametrize("levels", [3, 4])
+def test_deeper_hierarchy_is_causal_at_every_position_of_a_1000_vector_context(levels):
+    """chunks -> sections -> (chapters ->) document at L = 1,000: changing the vectors after t never
+    changes the prediction at t, at positions inside a chunk, at chunk and section edges and near the end."""
+    length, chunk = 1000, 10
+    model = create_model("hierarchical_gru", input_dim=D, context_length=length,
+                         **{**SMALL, "chunk_size": chunk, "hierarchy_levels": levels}).eval()
+    assert len(model.middle) == levels - 2
+    assert model.padding(length) == -length % chunk ** (levels - 1)
+    x = batch(b=2, length=length)
+    with torch.no_grad():
+        seq_x = model(x, all_positions=True)
+        assert seq_x.shape == (2, length, D)
+        torch.testing.assert_close(seq_x[:, -1], model(x), rtol=1e-5, atol=1e-5)
+        for t in (0, 9, 10, 99, 100, 537, 998):
+            y = x.clone()
+            y[:, t + 1:] = batch(b=2, length=length, seed=9)[:, t + 1:]
+            seq_y = model(y, all_positions=True)
+            torch.testing.assert_close(seq_y[:, :t + 1], seq_x[:, :t + 1], rtol=0, atol=1e-6)
+            assert (seq_y[:, t + 1:] - seq_x[:, t + 1:]).abs().max() > 1e-4, t
+
+
+def test_deeper_hierarchy_reads_every_level_and_left_pads():
+    """Three levels: the head reads 3 states, a vector many sections back still reaches the prediction
+    (through the global GRU), and a length that is no multiple of chunk^2 is left-padded with zeros."""
+    model = create_model("hierarchical_gru", input_dim=D, context_length=250,
+                         **{**SMALL, "chunk_size": 5, "hierarchy_levels": 3}).eval()
+    assert model.head[0].in_features == 3 * SMALL["hidden_dim"]
+    assert model.padding(250) == 0 and model.padding(240) == 10
+    x = batch(length=240)
+    with torch.no_grad():
+        padded = torch.cat([torch.zeros(B, 10, D), x], dim=1)
+        torch.testing.assert_close(model(x), model(padded), rtol=1e-5, atol=1e-6)
+        y = x.clone()
+        y[:, 3] = batch(seed=4, length=240)[:, 3]  # 9 sections before the last position
+        assert (model(y) - model(x)).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="model.hierarchy_levels: must be >= 2"):
+        create_model("hierarchical_gru", input_dim=D, context_length=250, **{**SMALL, "hierarchy_levels": 1})
+
+
+def test_two_levels_have_no_middle_parameters():
+    """hierarchy_levels 2 is the two-level model: no middle GRU, a head over 2 states; a deeper one
+    builds local and global first, in the same order, so those start from the same weights."""
+    two, three = small("hierarchical_gru"), small("hierarchical_gru", hierarchy_levels=3)
+    assert len(two.middle) == 0 and two.head[0].in_features == 2 * SMALL["hidden_dim"]
+    assert not any(k.startswith("middle") for k in two.state_dict())
+    assert any(k.startswith("middle.0") for k in three.state_dict())
+    for key, value in two.state_dict().items():
+        if key.startswith(("local", "glob")):
+            torch.testing.assert_close(three.state_dict()[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("length, window, stride", [(20, 4, 3), (37, 8, 5), (64, 64, 64), (9, 16, 4)])
+def test_sparse_attention_equals_dense_attention_under_its_pattern(length, window, stride):
+    """The blocked computation is the dense masked attention of sparse_pattern, at every position and
+    for the last one alone; lengths that are and are not multiples of the window."""
+    from lvm.models.sparse_transformer import sparse_attention, sparse_pattern
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, length, 8, generator=g) for _ in range(3))
+    mask = sparse_pattern(length, window, stride)
+    assert mask.diagonal().all() and not mask.triu(1).any()  # every query sees itself, nothing later
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(sparse_attention(q, k, v, window, stride), dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sparse_attention(q, k, v, window, stride, last_only=True), dense[:, :, -1:],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_pattern_keeps_the_window_and_the_strided_positions():
+    from lvm.models.sparse_transformer import sparse_pattern
+
+    m = sparse_pattern(1000, 64, 64)
+    assert m[999].nonzero().flatten().tolist() == [*range(63, 936, 64), *range(936, 1000)]
+    assert m.sum(1).max() <= 64 + 1000 // 64  # the sparse cost: at most w + L/s keys per query
+
+
+def test_sparse_transformer_is_causal_at_1000_and_has_the_transformers_parameters():
+    length = 1000
+    model = create_model("sparse_transformer", input_dim=D, context_length=length,
+                         **{**SMALL, "attention_window": 32, "attention_stride": 32}).eval()
+    dense = create_model("transformer", input_dim=D, context_length=length, **SMALL)
+    assert count_parameters(model) == count_parameters(dense)
+    x = batch(b=2, length=length)
+    with torch.no_grad():
+        seq_x = model(x, all_positions=True)
+        torch.testing.assert_close(seq_x[:, -1], model(x), rtol=1e-5, atol=1e-5)
+        for t in (0, 31, 32, 500, 998):
+            y = x.clone()
+            y[:, t + 1:] = batch(b=2, length=length, seed=9)[:, t + 1:]
+            seq_y = model(y, all_positions=True)
+            torch.testing.assert_close(seq_y[:, :t + 1], seq_x[:, :t + 1], rtol=0, atol=1e-6)
+            assert (seq_y[:, t + 1:] - seq_x[:, t + 1:]).abs().max() > 1e-4, t
+        # a vector 900 positions back still reaches the last prediction (through a strided position)
+        y = x.clone()
+        y[:, 63] = batch(b=2, length=length, seed=4)[:, 63]
+        assert (model(y) - model(x)).abs().max() > 1e-6
 
 
 def test_transformer_long_context_and_causality():

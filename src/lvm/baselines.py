@@ -34,6 +34,7 @@ __all__ = [
     "ContextMean",
     "ExpDecayMean",
     "Ridge",
+    "SimilarSuccessor",
     "BASELINES",
     "make_baselines",
     "predict_batches",
@@ -182,6 +183,99 @@ class ExpDecayMean(Baseline):
         p = {"decay": self.decay, "decay_grid": list(self.decays)}
         if self._mean_cos is not None:
             p["train_mean_cosine"] = {str(d): round(c, 6) for d, c in zip(self.decays, self._mean_cos)}
+            p["n_train"] = self._n
+        return p
+
+
+DEFAULT_BLENDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+
+class SimilarSuccessor(Baseline):
+    """What followed the earlier context vector most like the last one, blended with the decayed mean.
+
+    succ = context[j* + 1] with j* = argmax_j cos(context[j], context[-1]) over j = 0 .. L-3, and
+    predict normalise(w * succ + (1 - w) * m_decay), m_decay the exponentially weighted context mean
+    (ExpDecayMean's). w and the decay are chosen together on train, as ExpDecayMean's decay is.
+
+    The one predictor here built to use a long context: if a document comes back to something it
+    said earlier, what followed it then is a guess for what follows now, and a longer context holds
+    more earlier passages to come back to. It is the control for "is there anything past 50 vectors
+    to use" (docs/experiments.md): if it gains nothing with L, the data has little there to find.
+    j = L-2 is left out of the search: its successor is the last vector itself, which the decayed
+    mean already weighs most (with it, the nearest neighbour is usually the previous chunk and the
+    baseline collapses to copy-last). With L < 3 there is no earlier passage: succ = the last vector.
+    w = 0 is ExpDecayMean, so on train this never does worse than it; the blend grid includes 0.
+    """
+
+    name = "similar_successor"
+
+    def __init__(self, blends: Sequence[float] = DEFAULT_BLENDS, decays: Sequence[float] = DEFAULT_DECAYS,
+                 blend: float | None = None, decay: float | None = None):
+        self.blends = tuple(float(b) for b in blends)
+        self.decays = tuple(float(d) for d in decays)
+        if not self.blends or any(not (0.0 <= b <= 1.0) for b in self.blends):
+            raise ValueError("blends must be in [0, 1]")
+        if not self.decays or any(not (0.0 < d <= 1.0) for d in self.decays):
+            raise ValueError("decays must be in (0, 1]")
+        self.blend, self.decay = blend, decay  # set by finalize(), or given to skip fitting
+        self._cos_sum = np.zeros((len(self.decays), len(self.blends)), dtype=np.float64)
+        self._n = 0
+        self._mean_cos: np.ndarray | None = None
+
+    @staticmethod
+    def successor(context: np.ndarray) -> np.ndarray:
+        """[n, D] unit vectors: context[j* + 1] for the j* <= L-3 most similar to the last vector."""
+        context = _check_context(context).astype(np.float32, copy=False)
+        n, L, _ = context.shape
+        if L < 3:
+            return _normalize(context[:, -1])
+        unit = _normalize(context)
+        sims = np.einsum("nld,nd->nl", unit[:, : L - 2], unit[:, -1])  # j = 0 .. L-3
+        best = np.argmax(sims, axis=1)  # the first on a tie
+        return unit[np.arange(n), best + 1]
+
+    def _cosines(self, succ, means, target) -> np.ndarray:
+        """[n, G, A] cosine of every (decay, blend) prediction to the target, from dot products only:
+        |w s + (1 - w) m|^2 = w^2 + (1 - w)^2 + 2 w (1 - w) s.m for unit s and m."""
+        w = np.asarray(self.blends, dtype=np.float64)[None, None, :]
+        st = np.einsum("nd,nd->n", succ, target).astype(np.float64)[:, None, None]
+        mt = np.einsum("ngd,nd->ng", means, target).astype(np.float64)[:, :, None]
+        sm = np.einsum("nd,ngd->ng", succ, means).astype(np.float64)[:, :, None]
+        norm = np.sqrt(np.maximum(w ** 2 + (1 - w) ** 2 + 2 * w * (1 - w) * sm, _EPS))
+        return (w * st + (1 - w) * mt) / norm
+
+    def partial_fit(self, context, target, article=None) -> "SimilarSuccessor":
+        context = _check_context(context)
+        wdecay = _decay_weights(self.decays, context.shape[1]).astype(np.float32)
+        for s in range(0, context.shape[0], 1024):  # bounds the [c, G, D] means, as ExpDecayMean does
+            ctx = context[s : s + 1024].astype(np.float32, copy=False)
+            means = _normalize(np.einsum("gl,nld->ngd", wdecay, ctx))
+            cos = self._cosines(self.successor(ctx), means, _normalize(target[s : s + 1024]))
+            self._cos_sum += cos.sum(axis=0)
+        self._n += context.shape[0]
+        return self
+
+    def finalize(self) -> "SimilarSuccessor":
+        if self._n == 0:
+            raise ValueError("SimilarSuccessor.fit got no training windows")
+        self._mean_cos = self._cos_sum / self._n
+        g, a = np.unravel_index(int(np.argmax(self._mean_cos)), self._mean_cos.shape)  # first on a tie
+        self.decay, self.blend = self.decays[g], self.blends[a]
+        return self
+
+    def predict(self, context: np.ndarray) -> np.ndarray:
+        if self.blend is None or self.decay is None:
+            raise RuntimeError("SimilarSuccessor is not fitted")
+        context = _check_context(context).astype(np.float32, copy=False)
+        w = _decay_weights([self.decay], context.shape[1])[0].astype(np.float32)
+        mean = _normalize(np.einsum("l,nld->nd", w, context))
+        return _normalize(self.blend * self.successor(context) + (1 - self.blend) * mean)
+
+    def params(self) -> dict:
+        p = {"blend": self.blend, "decay": self.decay, "blend_grid": list(self.blends)}
+        if self._mean_cos is not None:
+            g = self.decays.index(self.decay)
+            p["train_mean_cosine_by_blend"] = {str(b): round(float(c), 6) for b, c in zip(self.blends, self._mean_cos[g])}
             p["n_train"] = self._n
         return p
 
@@ -364,6 +458,7 @@ BASELINES: dict[str, type[Baseline]] = {
     "context_mean": ContextMean,
     "exp_decay_mean": ExpDecayMean,
     "ridge": Ridge,
+    "similar_successor": SimilarSuccessor,
 }
 
 _CFG_KEYS = {"baselines", "ridge_k", "ridge_lambda", "ridge_lambda_grid", "exp_decay_grid"}
@@ -399,6 +494,8 @@ def make_baselines(cfg: dict | None = None) -> dict[str, Baseline]:
             out[name] = Ridge(k=cfg["ridge_k"], lam=cfg.get("ridge_lambda", 1.0), lambda_grid=grid)
         elif name == "exp_decay_mean":
             out[name] = ExpDecayMean(decays=cfg.get("exp_decay_grid", DEFAULT_DECAYS))
+        elif name == "similar_successor":
+            out[name] = SimilarSuccessor(decays=cfg.get("exp_decay_grid", DEFAULT_DECAYS))
         else:
             out[name] = BASELINES[name]()
     return out

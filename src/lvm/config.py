@@ -37,7 +37,8 @@ SCHEMA: dict = {
                "split": {"train": float, "val": float, "test": float}, "folds": int, "fold": int},
     "model": {"hidden_dim": int, "dropout": float, "lstm_layers": int, "gru_layers": int,
               "transformer_layers": int, "transformer_heads": int, "transformer_ff": int, "amn_hidden": int,
-              "chunk_size": int, "hierarchy_layers": int, "memory_slots": int, "memory_layers": int,
+              "attention_window": int, "attention_stride": int,
+              "chunk_size": int, "hierarchy_layers": int, "hierarchy_levels": int, "memory_slots": int, "memory_layers": int,
               "anchor": ("none", "last", "decay_mean")},
     "train": {"seed": int, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float,
               "grad_clip": float,
@@ -65,7 +66,8 @@ def _fail(key: str, msg: str):
 
 # model keys that count something (layers, units, slots): integers >= 1
 MODEL_SIZES = ("hidden_dim", "memory_slots", "lstm_layers", "gru_layers", "transformer_layers", "transformer_heads",
-               "transformer_ff", "amn_hidden", "chunk_size", "hierarchy_layers", "memory_layers")
+               "transformer_ff", "amn_hidden", "chunk_size", "hierarchy_layers", "memory_layers",
+               "attention_window", "attention_stride")
 
 
 def check_model(values: dict) -> dict:
@@ -81,6 +83,8 @@ def check_model(values: dict) -> dict:
             raise ValueError(f"model.{key}: {e}") from None
         if key in MODEL_SIZES and value < 1:
             raise ValueError(f"model.{key}: must be >= 1, got {value}")
+        if key == "hierarchy_levels" and value < 2:
+            raise ValueError(f"model.hierarchy_levels: must be >= 2 (chunks and the document), got {value}")
         if key == "dropout" and not 0.0 <= value < 1.0:
             raise ValueError(f"model.dropout: must be in [0, 1), got {value}")
     if "transformer_heads" in out and "hidden_dim" in out and out["hidden_dim"] % out["transformer_heads"]:

@@ -19,11 +19,13 @@ from .gru import GRUModel
 from .hierarchical import HierarchicalGRUModel
 from .lstm import LSTMModel
 from .memory import MemoryGRUModel
+from .sparse_transformer import SparseTransformerModel
 from .transformer import TransformerModel
 
 _REGISTRY: dict[str, type[LatentVectorModel]] = {
     cls.name: cls
-    for cls in (LSTMModel, GRUModel, TransformerModel, AMNModel, HierarchicalGRUModel, MemoryGRUModel)
+    for cls in (LSTMModel, GRUModel, TransformerModel, AMNModel, HierarchicalGRUModel, MemoryGRUModel,
+                SparseTransformerModel)
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)

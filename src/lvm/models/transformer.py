@@ -36,19 +36,21 @@ class Block(nn.Module):
         self.ff_out = nn.Linear(ff, dim)
         self.drop = nn.Dropout(dropout)
 
+    def attend(self, q, k, v, dropout_p: float, last_only: bool) -> torch.Tensor:
+        """Causal attention, q/k/v [B, heads, L, head_dim] -> [B, heads, L (1 if last_only), head_dim]."""
+        if last_only:
+            # the prediction reads only the last position, so the top block computes just that row;
+            # the last query may see every key, hence no mask (is_causal would align it top-left)
+            return F.scaled_dot_product_attention(q[:, :, -1:], k, v, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
     def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         B, L, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=-1)
         q, k, v = (t.view(B, L, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        p = self.dropout if self.training else 0.0
+        y = self.attend(q, k, v, self.dropout if self.training else 0.0, last_only)
         if last_only:
-            # the prediction reads only the last position, so the top block computes just that row;
-            # the last query may see every key, hence no mask (is_causal would align it top-left)
-            x = x[:, -1:]
-            y = F.scaled_dot_product_attention(q[:, :, -1:], k, v, dropout_p=p)
-            L = 1
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            x, L = x[:, -1:], 1
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
         gate, up = self.ff_in(self.ln2(x)).chunk(2, dim=-1)
         return x + self.drop(self.ff_out(F.silu(gate) * up))
