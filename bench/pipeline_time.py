@@ -34,12 +34,13 @@ TRAIN_PHASES = ("startup", "setup", "train_steps", "validate", "checkpoint", "pu
 EVAL_PHASES = ("startup", "load", "fit_baselines", "score", "compare", "context_curve", "sample", "write")
 
 
-def native_bf16() -> bool:
+def auto_precision() -> str:
+    """What `precision: auto` resolves to on this CPU (lvm.hardware.bf16_pays)."""
     sys.path.insert(0, str(REPO / "src"))
     import torch
-    from lvm.hardware import native_bf16 as native
+    from lvm.hardware import resolve_precision
 
-    return native(torch.device("cpu"))
+    return resolve_precision("auto", torch.device("cpu"))
 
 
 def last_log(stage: str, after: float) -> dict:
@@ -133,7 +134,7 @@ def main(argv=None) -> None:
 
 def measure(args) -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    cpu = f"{cpu_model()}, {os.cpu_count()} cores, {'native bf16' if native_bf16() else 'no native bf16 (fp32)'}"
+    cpu = f"{cpu_model()}, {os.cpu_count()} cores, precision auto = {auto_precision()}"
     rows = []
     for stage in args.stages:
         rows.append(run_stage(stage))

@@ -1,4 +1,4 @@
-"""precision: auto picks bf16 only where the hardware multiplies bf16 natively."""
+"""precision: auto picks bf16 only where the hardware multiplies bf16 natively and faster than fp32."""
 import os
 
 import pytest
@@ -7,13 +7,28 @@ import torch
 from lvm import hardware
 
 
-def test_auto_follows_native_bf16(monkeypatch):
+def test_auto_follows_bf16_pays(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)
+    monkeypatch.setattr(hardware, "bf16_pays", lambda device: False)
     assert hardware.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
+    monkeypatch.setattr(hardware, "bf16_pays", lambda device: True)
     assert hardware.resolve_precision("auto", cpu) == "bf16"
     assert hardware.resolve_precision("fp32", cpu) == "fp32"
+
+
+@pytest.mark.parametrize("native, amx, vendor, pays", [
+    (False, False, "AuthenticAMD", False),   # AVX2 only: emulated, ~90x slower
+    (True, True, "GenuineIntel", True),      # AMX
+    (True, False, "GenuineIntel", False),    # AVX-512 BF16 without AMX: fp32 1.5-1.7x faster
+    (True, False, "AuthenticAMD", True),     # AMD's AVX-512 BF16
+    (True, False, "", False),                # unknown vendor without AMX: the safe fp32
+])
+def test_bf16_pays_on_the_cpu_kinds_measured(monkeypatch, native, amx, vendor, pays):
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: native)
+    monkeypatch.setattr(hardware.torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(hardware, "cpu_vendor", lambda: vendor)
+    assert hardware.bf16_pays(torch.device("cpu")) is pays
+    assert hardware.resolve_precision("auto", torch.device("cpu")) == ("bf16" if pays else "fp32")
 
 
 def test_explicit_bf16_without_hardware_warns_once(monkeypatch, capsys):
@@ -35,7 +50,8 @@ def test_native_bf16_matches_this_cpu():
         assert hardware.resolve_precision("auto", torch.device("cpu")) == "fp32"
     elif flags & {"amx_bf16", "avx512_bf16"}:
         assert hardware.native_bf16(torch.device("cpu")) is True
-        assert hardware.resolve_precision("auto", torch.device("cpu")) == "bf16"
+        pays = "amx_bf16" in flags or hardware.cpu_vendor() == "AuthenticAMD"
+        assert hardware.resolve_precision("auto", torch.device("cpu")) == ("bf16" if pays else "fp32")
     else:
         pytest.skip("AVX-512 without BF16: oneDNN's choice is version dependent")
 

@@ -58,8 +58,10 @@ SECTIONS: dict[str, list[tuple[str, str | StageOutput | tuple[str, ...], str]]] 
         ("pipeline_time_before", "bench/results/pipeline_time_before.md",
          "bench/pipeline_time.py --out bench/results/pipeline_time_before"),
         ("pipeline_time", "bench/results/pipeline_time.md", "bench/pipeline_time.py"),
-        ("pipeline_time_bf16", "bench/results/pipeline_time_bf16.md",
-         "bench/pipeline_time.py --stages ingest export_ctx100 ... analyze --out bench/results/pipeline_time_bf16"),
+        ("pipeline_time_avx512_bf16", "bench/results/pipeline_time_avx512_bf16.md",
+         "bench/pipeline_time.py --stages ingest export_ctx100 ... analyze --out bench/results/pipeline_time_avx512_bf16"),
+        ("pipeline_time_avx512_fp32", "bench/results/pipeline_time_avx512_fp32.md",
+         "bench/pipeline_time.py --stages ingest export_ctx100 ... analyze --out bench/results/pipeline_time_avx512_fp32"),
     ],
     "docs/scaling.md": [
         ("ooc", "bench/results/out_of_core.md", "bench/out_of_core.py"),

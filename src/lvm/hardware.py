@@ -1,9 +1,14 @@
 """Device and number format: which device a run uses and whether bf16 pays on it.
 
-bf16 is fast only where the hardware multiplies bf16 natively (x86 AMX / AVX-512-BF16, CUDA from
-Ampere). Elsewhere oneDNN emulates it: measured on a 2-core AMD EPYC with AVX2 only, one gru training
-step (batch 32, L=100, D=384, every position) took 96.9 s in bf16 against 1.08 s in fp32. So the
-default `precision: auto` asks the hardware; an explicit `bf16` is obeyed, with a warning.
+bf16 is fast only where the hardware multiplies bf16 natively *and* faster than fp32. Where oneDNN
+emulates it, it is far slower: on a 2-core AMD EPYC with AVX2 only, one gru training step (batch 32,
+L=100, D=384, every position) took 96.9 s in bf16 against 1.08 s in fp32. And native is not enough:
+on a 2-core Intel Xeon with AVX-512 BF16 but no AMX (model 207, AMX hidden by the hypervisor) fp32
+trained gru 1.74x, hierarchical_gru 1.71x and memory_gru 1.54x faster than bf16 and encoded 1.56x
+faster (bench/results/throughput_bf16_no_amx.md: a 2048^2 GEMM 309 GFLOP/s fp32, 153 bf16), while
+AMX (Intel) and AMD's AVX-512 BF16 made bf16 1.3-2.5x faster than fp32 (docs/performance.md). So
+`precision: auto` takes bf16 where `bf16_pays`: CUDA with native bf16, a CPU with AMX, an AMD CPU
+with AVX-512 BF16; fp32 everywhere else. An explicit `bf16` is obeyed, with a warning where emulated.
 """
 from __future__ import annotations
 
@@ -40,13 +45,34 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...); "" where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """True where bf16 is faster than fp32 on `device`, by the measurements in this module's docstring."""
+    if device.type != "cpu":
+        return native_bf16(device)
+    if not native_bf16(device):
+        return False
+    return bool(torch.cpu._is_amx_tile_supported()) or cpu_vendor() == "AuthenticAMD"
+
+
 _WARNED: set = set()
 
 
 def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
-    """'auto' -> 'bf16' where the device has native bf16, else 'fp32'; 'bf16'/'fp32' as given."""
+    """'auto' -> 'bf16' where bf16 is faster than fp32 there (bf16_pays), else 'fp32'; 'bf16'/'fp32' as given."""
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if bf16_pays(device) else "fp32"
     if precision == "bf16" and not native_bf16(device) and (key, device.type) not in _WARNED:
         _WARNED.add((key, device.type))
         print(f"warning: {key}: bf16 on {device.type} without native bf16 is emulated and can be ~90x slower "
