@@ -7,7 +7,7 @@ Computed block by block, so the cost is sparse, not a dense score matrix with a 
 cut into blocks of `attention_window` queries; a block's keys are its own block, the block before it
 and the summary positions (a mask keeps exactly the pattern and causality), one
 `torch.nn.functional.scaled_dot_product_attention` call for all blocks. Scores per layer: L x (2 w +
-L / s) instead of L^2 (L = 1,000, w = s = 64: 159k against 1M). Plain SDPA with a boolean mask over
+L / s) instead of L^2 (L = 1,000, w = s = 64: 144k against 1M). Plain SDPA with a boolean mask over
 batched blocks, not flex_attention: flex_attention's block masks need torch.compile to be fast,
 which the CPU pipeline does not use; the math is the same (a test compares it with the dense masked
 attention).
