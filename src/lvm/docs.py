@@ -65,6 +65,8 @@ SECTIONS: dict[str, list[tuple[str, str | StageOutput | tuple[str, ...], str]]] 
     ],
     "docs/scaling.md": [
         ("ooc", "bench/results/out_of_core.md", "bench/out_of_core.py"),
+        ("scale", "bench/results/pipeline_time_scale.md",
+         "bench/pipeline_time.py --set data.vectors=data/scale/vectors.npz --stages export_ctx100 ... analyze"),
     ],
 }
 
