@@ -26,7 +26,7 @@ def workdir(tmp_path_factory):
     return root
 
 
-def test_levers_and_data_scale(workdir):
+def test_levers_and_data_scale(workdir, capsys):
     from lvm.ablation import main
     args = ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "ctx"),
             "--out-dir", str(workdir / "out"), "--plots-dir", str(workdir / "plots")]
@@ -47,10 +47,15 @@ def test_levers_and_data_scale(workdir):
     assert "| targets=last |" in table and best in table
     # the default row is train_baseline's own setting: the shared params with overrides.baseline
     assert f"dropout {repository_params()['overrides']['baseline']['model']['dropout']}," in table
-    main(args + ["--data-scale"])
+    with pytest.raises(SystemExit) as stop:
+        main(args + ["--data-scale", "--fractions", "0.5", "1.5"])
+    assert stop.value.code == 2 and "error: --fractions" in capsys.readouterr().err
+    main(args + ["--data-scale", "--fractions", "1", "0.5"])  # run in ascending order, whatever the order given
     scale = json.loads((workdir / "out/data_scale.json").read_text())
     targets = [r["train"]["unique_train_targets"] for r in scale["runs"]]
-    assert targets == sorted(targets) and targets[0] < targets[-1]
+    assert len(targets) == 2 and targets[0] < targets[1]
+    assert [r["overrides"]["train.article_fraction"] for r in scale["runs"]] == [0.5, 1.0]
+    assert "--fractions 1 0.5" in (workdir / "out/data_scale.md").read_text()  # the table names its command
     assert (workdir / "plots/data_scale.png").stat().st_size > 10_000
     section = (workdir / "out/ablation_section.md").read_text()
     assert "| targets=last |" in section and "Data scale" in section

@@ -199,3 +199,41 @@ def test_a_recorded_exp_show_that_is_missing_or_not_a_list_is_refused_by_name(tm
         read_exp_show(path)
     path.write_text("[]")
     assert read_exp_show(path) == []
+
+
+def test_per_domain_interval_is_the_paired_bootstrap_of_that_domains_windows(tmp_path):
+    rng = np.random.default_rng(1)
+    r0, pw0, a0 = fold_run(0, [4, 1, 9], [5, 3, 7], rng)
+    r1, pw1, a1 = fold_run(1, [2, 8], [6, 2], rng, best="copy_last")
+    # a vectors file of named sources: articles 1, 2, 9 are brown, 4 and 8 shakespeare (rows unsorted)
+    article_rows = np.array([9, 9, 4, 1, 2, 8, 4, 1, 2, 9])
+    names = ["wikipedia", "brown", "shakespeare"]
+    domain_of = {1: 1, 2: 1, 9: 1, 4: 2, 8: 2}
+    path = tmp_path / "vectors.npz"
+    np.savez(path, vectors=np.zeros((10, 4), np.float32), article_indices=article_rows,
+             chunk_indices=np.zeros(10, np.int64), domain_indices=np.array([domain_of[a] for a in article_rows], np.int8),
+             domain_names=np.array(names))
+    import hashlib
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    domains = crossval.article_domains(str(path), md5)
+    assert domains == {1: "brown", 2: "brown", 9: "brown", 4: "shakespeare", 8: "shakespeare"}
+    with pytest.raises(LvmError, match="is not the folds' vectors file"):
+        crossval.article_domains(str(path), "0" * 32)
+    no_domains = tmp_path / "plain.npz"
+    np.savez(no_domains, vectors=np.zeros((2, 4), np.float32), article_indices=np.array([0, 0]))
+    assert crossval.article_domains(str(no_domains)) is None
+
+    a = crossval.analyse({"folds": 2, "runs": [r0, r1], "skipped": []}, CFG, domains)
+    groups = np.concatenate([a0, a1])
+    keep = np.isin(groups, [4, 8])  # shakespeare: article 4 in fold 0 (exp_decay_mean), 8 in fold 1 (copy_last)
+    gru = np.concatenate([pw0["gru"]["cosine"], pw1["gru"]["cosine"]])
+    ref = np.concatenate([pw0["exp_decay_mean"]["cosine"], pw1["copy_last"]["cosine"]])
+    want = paired_difference(gru[keep], ref[keep], groups[keep], n_boot=500, seed=0)
+    got = a["per_domain"]["shakespeare"]
+    assert (got["n_articles"], got["n_windows"]) == (2, 7)
+    v = got["vs_best_baseline"]["gru"]["cosine"]
+    assert (v["mean"], v["ci_low"], v["ci_high"]) == pytest.approx((want["mean"], want["ci_low"], want["ci_high"]), abs=2e-6)
+    assert sorted(a["per_domain"]) == ["brown", "shakespeare"] and a["per_domain"]["brown"]["n_articles"] == 3
+    md = crossval.table(a)
+    assert "| shakespeare | 2 | 7 |" in md and "hierarchical_gru − gru" in md
+    assert "per_domain" not in crossval.analyse({"folds": 2, "runs": [r0, r1], "skipped": []}, CFG)

@@ -212,6 +212,52 @@ def compare(pooled: dict, baselines: list[str], models: list[str], cfg: dict) ->
     return out
 
 
+def article_domains(path: str, md5: str | None = None) -> dict[int, str] | None:
+    """{article id: domain name} from a vectors file of named sources (lvm.sources: `domain_indices` per
+    row, `domain_names`), or None for a file without them (the default shard, your own vectors). With
+    `md5` (the one DVC recorded for the folds' vectors), a file with other bits is refused by name: its
+    article ids would not be the folds' articles."""
+    import hashlib
+
+    file = Path(path)
+    if not file.is_file():
+        raise LvmError(f"{path}: no such vectors file (--domains)")
+    if md5:
+        h = hashlib.md5()
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        if h.hexdigest() != md5:
+            raise LvmError(f"{path}: md5 {h.hexdigest()[:8]} is not the folds' vectors file ({md5[:8]}): "
+                           "pass the file the folds were exported from (--domains)")
+    with np.load(file, allow_pickle=False) as z:
+        if "domain_indices" not in z.files or "domain_names" not in z.files:
+            return None
+        ids, first = np.unique(z["article_indices"], return_index=True)
+        names = [str(n) for n in z["domain_names"]]
+        return {int(a): names[int(d)] for a, d in zip(ids, z["domain_indices"][first])}
+
+
+def per_domain(pooled: dict, domains: dict[int, str], baselines: list[str], models: list[str], cfg: dict) -> dict:
+    """The same comparisons on each domain's articles alone (a model trained on every source against the
+    best baseline of its fold, chosen on all of the fold's val): {domain: {"n_articles", "n_windows",
+    "predictors": {name: cosine}, "vs_best_baseline": {model: {cosine, cand_mrr}}}}."""
+    label = np.array([domains.get(int(a), "?") for a in pooled["articles"]])
+    out = {}
+    for domain in sorted(set(label)):
+        keep = label == domain
+        sub = {"articles": pooled["articles"][keep], "fold": pooled["fold"][keep], "windows": pooled["windows"][keep],
+               "sums": {p: {m: v[keep] for m, v in s.items()} for p, s in pooled["sums"].items()},
+               "best": {k: [b for b, k_ in zip(v, keep) if k_] for k, v in pooled["best"].items()},
+               "reference_model": pooled["reference_model"]}
+        res = compare(sub, baselines, models, cfg)
+        out[domain] = {"n_articles": int(keep.sum()), "n_windows": int(sub["windows"].sum()),
+                       "predictors": {p: res["predictors"][p]["cosine"] for p in baselines + models},
+                       "vs_best_baseline": {m: res["vs_best_baseline"][m] for m in models},
+                       "vs_model": res["vs_model"]}
+    return out
+
+
 def per_fold(pooled: dict, models: list[str], folds: list[int]) -> dict:
     """{model: [cosine difference to the fold's best baseline, per fold]}: how the folds agree."""
     sizes, sums, best = pooled["windows"], pooled["sums"], pooled["best"]["cosine"]
@@ -229,7 +275,7 @@ def split_predictors(runs: list[dict]) -> tuple[list[str], list[str]]:
     return [n for n in names if n in BASELINES], [n for n in names if n not in BASELINES]
 
 
-def analyse(cv: dict, cfg: dict) -> dict:
+def analyse(cv: dict, cfg: dict, domains: dict[int, str] | None = None) -> dict:
     runs = cv["runs"]
     baselines, models = split_predictors(runs)
     pooled = pool(runs)
@@ -250,6 +296,7 @@ def analyse(cv: dict, cfg: dict) -> dict:
             **res, "per_fold_cosine_vs_best_baseline": per_fold(pooled, models, [r["fold"] for r in runs]),
             "fold0": {"n_articles": int(fold0["articles"].size), "vs_best_baseline": single["vs_best_baseline"],
                       "vs_model": single["vs_model"]},
+            **({"per_domain": per_domain(pooled, domains, baselines, models, cfg)} if domains else {}),
             "skipped": cv["skipped"]}
 
 
@@ -325,9 +372,37 @@ def table(a: dict) -> str:
     for m, vals in a["per_fold_cosine_vs_best_baseline"].items():
         lines.append(f"| {m} | " + " | ".join(f"{v:+.4f}" for v in vals) + " |")
     lines.append("")
+    if a.get("per_domain"):
+        lines += domain_table(a)
     if a["skipped"]:
         lines += ["Not pooled: " + "; ".join(a["skipped"]) + ".", ""]
     return "\n".join(lines)
+
+
+def domain_table(a: dict) -> list[str]:
+    """Per domain: does a model trained on all sources beat its fold's best baseline within each one?"""
+    from lvm.report import fmt
+
+    dom = a["per_domain"]
+    lines = ["Per domain (each article's source; the models trained on all of them, the best baseline of each "
+             "fold chosen on all of its val): test cosine minus the best baseline, paired 95% article bootstrap "
+             "inside the domain, MDD.", "",
+             "| domain | articles | windows | best baseline cosine | " + " | ".join(f"{m} − best baseline" for m in a["models"])
+             + " |", "|---|---:|---:|---:|" + "---|" * len(a["models"])]
+    for d, v in dom.items():
+        best = v["vs_best_baseline"][a["models"][0]]["cosine"]["baseline"]  # the folds' choices among its articles
+        base = " / ".join(f"{b} {v['predictors'][b]['mean']:.4f}" for b in best)
+        lines.append(f"| {d} | {v['n_articles']} | {v['n_windows']:,} | {base} | " + " | ".join(
+            f"{_diff(v['vs_best_baseline'][m]['cosine'])} {_word(v['vs_best_baseline'][m]['cosine'])}, MDD "
+            f"{fmt(v['vs_best_baseline'][m]['cosine']['mdd'])}" for m in a["models"]) + " |")
+    ref = a["reference_model"]
+    if any(v["vs_model"] for v in dom.values()):
+        others = [m for m in a["models"] if m != ref]
+        lines += ["", f"| domain | " + " | ".join(f"{m} − {ref}" for m in others) + " |", "|---|" + "---|" * len(others)]
+        for d, v in dom.items():
+            lines.append(f"| {d} | " + " | ".join(f"{_diff(v['vs_model'][m]['cosine'])} MDD {fmt(v['vs_model'][m]['cosine']['mdd'])}"
+                                                 for m in others) + " |")
+    return lines + [""]
 
 
 def figure(a: dict, path) -> None:
@@ -362,7 +437,8 @@ def figure(a: dict, path) -> None:
 
 
 def run(in_json: str = IN_JSON, out_json: str = OUT_JSON, out_md: str = OUT_MD, out_figure: str = OUT_FIGURE,
-        params: str = "params.yaml", folds_json: str = FOLDS_JSON, partial: bool = False) -> dict:
+        params: str = "params.yaml", folds_json: str = FOLDS_JSON, partial: bool = False,
+        domains: str = "auto") -> dict:
     from lvm.config import load_params
     from lvm.io import atomic_outputs, read_exp_show, write_json, write_text
 
@@ -370,7 +446,17 @@ def run(in_json: str = IN_JSON, out_json: str = OUT_JSON, out_md: str = OUT_MD, 
     record = Path(folds_json)
     recorded = list(json.loads(record.read_text())["runs"]) if record.is_file() else []
     cv = collect(show, recorded=recorded, partial=partial)
-    a = analyse(cv, load_params(params)["evaluate"])
+    vectors = _get(cv["runs"][-1]["params"], "data", "vectors")
+    if domains == "auto":  # the folds' own vectors file, when it is here with the bits they were exported from
+        auto = vectors and Path(vectors).is_file()
+        try:
+            labels = article_domains(vectors, cv["runs"][-1].get("vectors_md5")) if auto else None
+        except LvmError as e:
+            print(f"crossval: no per-domain table ({e})")
+            labels = None
+    else:
+        labels = None if domains == "none" else article_domains(domains, cv["runs"][-1].get("vectors_md5"))
+    a = analyse(cv, load_params(params)["evaluate"], labels)
     text = table(a)
     with atomic_outputs():
         write_json(folds_json, {"runs": [{k: r.get(k) for k in ("name", "rev", "folds", "fold", "params", "per_article",
@@ -395,8 +481,11 @@ def main(argv=None):
                         help=f"fold runs pooled before (read and rewritten; {FOLDS_JSON})")
     parser.add_argument("--partial", action="store_true",
                         help="pool the folds that have run so far (the table says which are missing)")
+    parser.add_argument("--domains", default="auto",
+                        help="vectors file whose domain labels (named sources) split the table per domain; auto: the "
+                             "folds' data.vectors when it is here with the md5 they recorded; none: no such table")
     args = parser.parse_args(argv)
-    run(args.json, args.out, args.md, args.figure, args.params, args.folds_record, args.partial)
+    run(args.json, args.out, args.md, args.figure, args.params, args.folds_record, args.partial, args.domains)
 
 
 if __name__ == "__main__":
